@@ -1,0 +1,276 @@
+"""The Qwen2 / Qwen3 decoder family in plain PyTorch, reading and writing Hugging Face folders.
+
+Why this file exists: RL for reasoning needs the same weights in three places (the
+sampler, the trainer, the saved checkpoint) and full control of the forward pass
+(packed sequences, a KV cache, log-probs without a (T, vocab) logits tensor). A
+transformers model gives none of that cheaply, so we write the ~200 lines ourselves
+and prove them equal to transformers in tests/test_model.py.
+
+What it simplifies away: only the default RoPE (no YaRN / dynamic scaling), no sliding
+window, no MoE; those raise a clear error when a config asks for them. Parameter names
+match transformers' exactly, so a checkpoint's state dict loads with no renaming.
+
+Two forward paths, attention metadata kept out of the layers (see attention.py):
+    forward(ids, pos, cu_seqlens, max_seqlen)          packed prefill / training
+    decode(ids, cache_seqlens, k_caches, v_caches)      one new token per row
+and `token_logprobs` turns hidden states into log-probs of given targets, chunk by chunk.
+"""
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+
+from fapo_mini.attention import kvcache_attention, varlen_attention
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    model_type: str = "qwen3"          # qwen3: QK-norm, no bias; qwen2: q/k/v bias
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1e6
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False       # q/k/v/o bias (Qwen3 option; Qwen2 has q/k/v bias always)
+    max_position_embeddings: int = 32768
+    bos_token_id: int | None = None
+    eos_token_id: int | list | None = None
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "ModelConfig":
+        if d.get("model_type") not in ("qwen2", "qwen3"):
+            raise ValueError(f"model_type {d.get('model_type')!r} is not supported (qwen2 or qwen3)")
+        rope = d.get("rope_parameters") or {}                     # transformers 5 form
+        scaling = d.get("rope_scaling") or {}
+        kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+        if kind != "default":
+            raise ValueError(f"rope type {kind!r} is not supported (default RoPE only)")
+        if d.get("use_sliding_window"):
+            raise ValueError("sliding-window attention is not supported")
+        return cls(
+            vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=d["num_attention_heads"],
+            num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
+            head_dim=d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"],
+            model_type=d["model_type"], rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            attention_bias=d.get("attention_bias", False),
+            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+
+    def to_hf(self) -> dict:
+        d = asdict(self)
+        arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
+        d.update(architectures=[arch], hidden_act="silu", torch_dtype="float32", use_cache=True,
+                 rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
+        if self.model_type == "qwen2":
+            d.pop("attention_bias")
+        return d
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # RMSNorm: x / sqrt(mean(x^2) + eps) * w, computed in fp32
+        xf = x.float()
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def rope_cos_sin(pos, head_dim, theta, dtype):
+    """RoPE tables for positions pos (N,) -> cos, sin (N, 1, head_dim), half-split layout."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    freqs = pos.float()[:, None] * inv_freq[None]                            # (N, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]                          # (N, 1, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    # RoPE (Su et al. 2021): x * cos + rotate_half(x) * sin
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_bias = cfg.model_type == "qwen2" or cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=qkv_bias)
+        self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=cfg.model_type == "qwen3" and cfg.attention_bias)
+        if cfg.model_type == "qwen3":  # QK-norm: RMSNorm over each head's dim, before RoPE
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps)
+        self.H, self.Hkv, self.D = H, Hkv, D
+
+    def forward(self, x, cos, sin, attn):
+        N = x.shape[0]                                                        # x: (N, C), N tokens
+        q = self.q_proj(x).view(N, self.H, self.D)
+        k = self.k_proj(x).view(N, self.Hkv, self.D)
+        v = self.v_proj(x).view(N, self.Hkv, self.D)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.o_proj(attn(q, k, v).reshape(N, self.H * self.D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):  # named `model` inside Qwen, as transformers' parameter names require
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.gradient_checkpointing = False
+
+    def _run(self, ids, pos, attn_for_layer):
+        x = self.model.embed_tokens(ids)                                      # (N, C)
+        cos, sin = rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, attn_for_layer(i), use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, attn_for_layer(i))
+        return self.model.norm(x)                                             # (N, C)
+
+    def forward(self, ids, pos, cu_seqlens, max_seqlen, kv_out=None):
+        """Packed causal forward: ids, pos (T,) for sequences concatenated along T,
+        cu_seqlens (B+1,) int32. Returns final hidden states (T, C). If kv_out is a list,
+        each layer's (k, v), (T, Hkv, D), is appended to it (the sampler's prefill)."""
+        def attn_for_layer(_):
+            def attn(q, k, v):
+                if kv_out is not None:
+                    kv_out.append((k, v))
+                return varlen_attention(q, k, v, cu_seqlens, max_seqlen)
+            return attn
+        return self._run(ids, pos, attn_for_layer)
+
+    def decode(self, ids, cache_seqlens, k_caches, v_caches):
+        """One new token per row: ids (B,), cache_seqlens (B,) int32 tokens already cached
+        (also the new token's position); caches: per layer (B, L, Hkv, D), written in place.
+        Returns hidden states (B, C)."""
+        def attn_for_layer(i):
+            def attn(q, k, v):  # (B, H, D) -> add the length-1 query axis flash-attn expects
+                return kvcache_attention(q[:, None], k_caches[i], v_caches[i], k[:, None], v[:, None],
+                                         cache_seqlens)[:, 0]
+            return attn
+        return self._run(ids, cache_seqlens, attn_for_layer)
+
+    def token_logprobs(self, hidden, targets, temperature=1.0, chunk=2048, with_entropy=False):
+        """log p(targets | prefix) under softmax(logits / temperature), without ever holding
+        logits for more than `chunk` tokens: each chunk is recomputed in backward.
+        hidden (T, C), targets (T,) -> logp (T,) [, entropy (T,), detached]."""
+        def one_chunk(h, t):
+            logits = self.lm_head(h).float() / temperature                     # (n, V)
+            logp_all = torch.log_softmax(logits, dim=-1)
+            logp = logp_all.gather(-1, t[:, None])[:, 0]
+            ent = -(logp_all.exp() * logp_all).sum(-1).detach() if with_entropy else logp.new_zeros(0)
+            return logp, ent
+        outs = []
+        for s in range(0, hidden.shape[0], chunk):
+            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            outs.append(checkpoint(one_chunk, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                        else one_chunk(h, t))
+        logp = torch.cat([o[0] for o in outs])
+        return (logp, torch.cat([o[1] for o in outs])) if with_entropy else logp
+
+
+# ----------------------------------------------------------------------------
+# Hugging Face folders: config.json + safetensors (+ index) + tokenizer files
+
+def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    sd = {}
+    for shard in shards:
+        sd.update(load_file(folder / shard, device=str(device)))
+    if cfg.tie_word_embeddings:
+        sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
+    with torch.device("meta"):
+        model = Qwen(cfg)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    if cfg.tie_word_embeddings:  # assign=True replaced the shared tensor: tie again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.to(device)
+
+
+def save_model(model: Qwen, folder, tokenizer=None):
+    """Write a folder that transformers' AutoModelForCausalLM (and vLLM) load."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.cfg.tie_word_embeddings:
+        del sd["lm_head.weight"]
+    save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})
+    hf = model.cfg.to_hf()
+    hf["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(hf, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+
+
+def load_tokenizer(folder, trust_remote_code=False):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if tok.eos_token_id is None:
+        raise ValueError(f"{folder}: the tokenizer has no EOS token; generation could never stop")
+    return tok
