@@ -1,0 +1,332 @@
+"""The toy world: FAPO on two CPU cores, with an exact oracle for every step.
+
+Why this file exists: real math needs GPUs, a model hub and a GenRM that is itself a
+guess. Here a problem is a chain of k operations on digits mod 10, a solution writes
+one line per step, and `first_error` knows the first wrong line exactly. A tiny
+policy warm-started on a mix of clean, "jump" (skips the last steps, states the
+answer) and "sloppy" (one wrong intermediate digit, right answer) traces then
+produces flawed positives on its own, which is what FAPO is about.
+
+    prompt    a=7;b=a+5;c=b*3;?c\\n
+    solution  b=7+5=2\\nc=2*3=6\\nans=6        (the tokenizer's EOS ends it)
+
+What it simplifies away: natural language, answer normalisation (the answer is one
+digit), step splitting (a step is a line), and the long GenRM template (the toy
+critic reads a compact numbered listing, see `critic_prompt`). Rows are written in
+verl's format and the tokenizer is an ordinary Hugging Face one, so every real-data
+code path runs on the toy world unchanged.
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+
+OPS = [("+", c) for c in range(1, 10)] + [("-", c) for c in range(1, 10)] + [("*", c) for c in (3, 7, 9)]
+SPLIT_STEPS = {"train": (2, 6), "test": (2, 6), "hard": (7, 10)}  # inclusive ranges of k
+HELDOUT_SHARE = 0.2  # share of all prompts (by a stable hash) that train never sees
+STYLES = ("clean", "jump", "sloppy")
+DEFAULT_MIX = {"clean": 0.55, "jump": 0.30, "sloppy": 0.15}
+EOS = "<|endoftext|>"
+_PROMPT_RE = re.compile(r"a=(\d)((?:;[a-z]=[a-z][-+*]\d)+);\?([a-z])\n?")
+_STEP_RE = re.compile(r";([a-z])=([a-z])([-+*])(\d)")
+
+
+def _apply(x: int, op: str, c: int) -> int:
+    return (x + c) % 10 if op == "+" else (x - c) % 10 if op == "-" else (x * c) % 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A chain a -> b -> c ...: `start` is a's value, `ops[i]` turns variable i into variable i+1."""
+    start: int
+    ops: tuple[tuple[str, int], ...]  # ((op, c), ...), length k
+
+    @property
+    def steps(self) -> int:
+        return len(self.ops)
+
+    @property
+    def values(self) -> list[int]:  # true values of a, b, c, ... (k + 1 of them)
+        vals = [self.start]
+        for op, c in self.ops:
+            vals.append(_apply(vals[-1], op, c))
+        return vals
+
+    @property
+    def answer(self) -> str:
+        return str(self.values[-1])
+
+    @property
+    def prompt(self) -> str:
+        names = [chr(ord("a") + i) for i in range(self.steps + 1)]
+        defs = [f"a={self.start}"] + [f"{names[i + 1]}={names[i]}{op}{c}" for i, (op, c) in enumerate(self.ops)]
+        return ";".join(defs) + f";?{names[-1]}\n"
+
+    def reference_lines(self) -> list[str]:
+        """The one right solution, line by line: `b=7+5=2`, ..., `ans=6`."""
+        vals = self.values
+        lines = [f"{chr(ord('b') + i)}={vals[i]}{op}{c}={vals[i + 1]}" for i, (op, c) in enumerate(self.ops)]
+        return lines + [f"ans={vals[-1]}"]
+
+
+def parse_prompt(prompt: str) -> Problem:
+    """Read a Problem back from its prompt string (the pipeline passes strings, not objects)."""
+    m = _PROMPT_RE.fullmatch(prompt)
+    if m is None:
+        raise ValueError(f"not a toy-world prompt: {prompt!r}")
+    steps = _STEP_RE.findall(m.group(2))
+    for i, (var, ref, _, _) in enumerate(steps):
+        if var != chr(ord("b") + i) or ref != chr(ord("a") + i):
+            raise ValueError(f"toy-world prompt step {i} must define {chr(ord('b') + i)} from "
+                             f"{chr(ord('a') + i)}, got {var}={ref}...: {prompt!r}")
+    if m.group(3) != chr(ord("a") + len(steps)):
+        raise ValueError(f"toy-world prompt must ask for its last variable: {prompt!r}")
+    return Problem(int(m.group(1)), tuple((op, int(c)) for _, _, op, c in steps))
+
+
+def _to_problem(p) -> Problem:
+    return p if isinstance(p, Problem) else parse_prompt(p)
+
+
+# ----------------------------------------------------------------------------
+# problems and splits
+
+def is_heldout(prompt: str) -> bool:
+    """Stable train / held-out membership: a sha256 bucket of the prompt string."""
+    bucket = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") % 10_000
+    return bucket < HELDOUT_SHARE * 10_000
+
+
+def generate(n: int, seed: int, split: str, *, steps: tuple[int, int] | None = None) -> list[Problem]:
+    """n distinct problems of `split`, deterministic in (seed, split).
+
+    train draws from the non-held-out hash bucket, test and hard from the held-out one,
+    so train never meets a test or hard prompt whatever the ranges. `steps` = (min_k,
+    max_k) inclusive, default SPLIT_STEPS[split]: (2, 6) for train/test, (7, 10) for hard.
+    """
+    if split not in SPLIT_STEPS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_STEPS)}, got {split!r}")
+    lo, hi = steps if steps is not None else SPLIT_STEPS[split]
+    if not 1 <= lo <= hi <= 25:
+        raise ValueError(f"steps must satisfy 1 <= min <= max <= 25 (variables a..z), got {(lo, hi)}")
+    rng = random.Random(f"toyworld/{split}/{seed}")
+    seen, out = set(), []
+    for _ in range(100 * n + 1000):
+        if len(out) == n:
+            break
+        p = Problem(rng.randrange(10), tuple(rng.choice(OPS) for _ in range(rng.randint(lo, hi))))
+        prompt = p.prompt
+        if prompt not in seen and is_heldout(prompt) == (split != "train"):
+            seen.add(prompt)
+            out.append(p)
+    if len(out) < n:
+        raise ValueError(f"could not draw {n} distinct {split} problems with steps {(lo, hi)}")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the oracle and the outcome check
+
+def solution_lines(solution: str) -> list[str]:
+    """A solution's lines; surrounding whitespace is not a line, a blank line inside is."""
+    solution = solution.strip()
+    return solution.split("\n") if solution else []
+
+
+def first_error(prompt: str, solution: str) -> int:
+    """0-based index of the first wrong solution line (the `ans=` line counts), or -1.
+
+    A step line is right iff it names the right variable, its left operand is the TRUE
+    previous value, its operator and constant are the prompt's, and its result is the
+    true value; the ans line is right iff it comes after all k steps and holds the true
+    answer. With one digit per value that is exactly "line i equals reference line i",
+    which is how it is computed. A line after the ans line, or a garbage line, is wrong
+    where it stands; a solution that stops early is wrong at its first missing line
+    (index len(lines): 0 for an empty solution).
+
+    >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6")
+    1
+    """
+    ref, lines = parse_prompt(prompt).reference_lines(), solution_lines(solution)
+    for i, line in enumerate(lines):
+        if i >= len(ref) or line != ref[i]:
+            return i
+    return len(lines) if len(lines) < len(ref) else -1
+
+
+def extract_answer(solution: str) -> str | None:
+    """The value on the last `ans=` line, or None when there is none."""
+    found = re.findall(r"^ans=(.*)$", solution, flags=re.M)
+    return found[-1].strip() if found else None
+
+
+def is_correct(solution: str, ground_truth) -> bool:
+    """Outcome reward of the toy world: the last `ans=` value equals the ground truth."""
+    return extract_answer(solution) == str(ground_truth).strip()
+
+
+# ----------------------------------------------------------------------------
+# teacher traces for the supervised warm start
+
+def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | None = None, max_jump: int = 2) -> str:
+    """A solution in one of STYLES; all three end with the right answer.
+
+    clean:  every step, then ans.                                       first_error -1
+    jump:   all steps but the last j (j = `jump`, else rng in 1..min(max_jump, k)),
+            then ans; the answer is not supported by the written steps.  first_error k - j
+    sloppy: step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
+            on from the TRUE value and the answer is right.             first_error i
+    """
+    p = parse_prompt(prompt)
+    ref, k = p.reference_lines(), p.steps
+    if style == "clean":
+        return "\n".join(ref)
+    if style == "jump":
+        j = rng.randint(1, min(max_jump, k)) if jump is None else jump
+        if not 1 <= j <= k:
+            raise ValueError(f"jump must be in 1..{k} for a {k}-step problem, got {j}")
+        return "\n".join(ref[:k - j] + ref[-1:])
+    if style == "sloppy":
+        if k < 2:
+            raise ValueError("the sloppy style needs at least 2 steps (an intermediate one to get wrong)")
+        i = rng.randrange(k - 1)
+        wrong = rng.choice([d for d in range(10) if d != p.values[i + 1]])
+        lines = list(ref)
+        lines[i] = lines[i][:-1] + str(wrong)  # the result is the last character
+        return "\n".join(lines)
+    raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+
+
+def sft_mixture(problems, mix: dict[str, float] | None = None, rng: random.Random | None = None) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs, one per problem, its style drawn with weights `mix`.
+
+    `problems` are Problems or prompt strings; mix defaults to DEFAULT_MIX, rng to
+    random.Random(0). Completions carry no EOS: the trainer appends the tokenizer's.
+    """
+    mix = DEFAULT_MIX if mix is None else mix
+    if not mix or set(mix) - set(STYLES) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError(f"mix must map some of {STYLES} to non-negative weights with a positive sum, got {mix}")
+    rng = random.Random(0) if rng is None else rng
+    styles, weights = list(mix), list(mix.values())
+    out = []
+    for p in problems:
+        prompt = _to_problem(p).prompt
+        out.append((prompt, teacher_solution(prompt, rng.choices(styles, weights)[0], rng)))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the toy GenRM: compact prompt and the critique it learns
+
+def critic_prompt(prompt: str, solution: str) -> str:
+    """Problem line, the solution's lines numbered from 0, then a `check` marker line.
+
+    >>> print(critic_prompt("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"), end="")
+    a=7;b=a+5;c=b*3;?c
+    0:b=7+5=2
+    1:c=2*3=5
+    2:ans=6
+    check
+    """
+    listing = "".join(f"{i}:{line}\n" for i, line in enumerate(solution_lines(solution)))
+    return prompt.rstrip("\n") + "\n" + listing + "check\n"
+
+
+def teacher_critique(prompt: str, solution: str) -> str:
+    """The toy GenRM's target: re-derive each line, say ok / wrong, stop at the first wrong one.
+
+    Writing the right line next to each index lets a 4-layer model carry the true values
+    down the chain instead of finding the first error in one shot.
+
+    >>> print(teacher_critique("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"))
+    0:b=7+5=2 ok
+    1:c=2*3=6 wrong
+    \\boxed{1}
+    """
+    ref, err = parse_prompt(prompt).reference_lines(), first_error(prompt, solution)
+    last = len(ref) - 1 if err == -1 else err
+    lines = [f"{i}:{ref[i] if i < len(ref) else 'end'} {'wrong' if i == err else 'ok'}" for i in range(last + 1)]
+    return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
+
+
+# ----------------------------------------------------------------------------
+# verl-format rows
+
+def policy_rows(problems, split: str) -> list[dict]:
+    """Policy rows; `problems` are Problems or prompt strings."""
+    return [{"data_source": "toyworld", "prompt": p.prompt, "ability": "toy",
+             "reward_model": {"style": "rule", "ground_truth": p.answer},
+             "extra_info": {"split": split, "index": i, "steps": p.steps}}
+            for i, p in enumerate(map(_to_problem, problems))]
+
+
+def critic_rows(items: list[tuple[str, str]]) -> list[dict]:
+    """GenRM rows from (policy prompt, solution) pairs; ground_truth = first_error."""
+    rows = []
+    for prompt, solution in items:
+        n, label = len(solution_lines(solution)), first_error(prompt, solution)
+        if label >= n:
+            raise ValueError(f"solution stops before its ans line (label {label} >= {n} lines): {solution!r}")
+        rows.append({"data_source": "toyworld_critic", "prompt": critic_prompt(prompt, solution), "ability": "toy_critic",
+                     "reward_model": {"style": "rule", "ground_truth": label},
+                     "extra_info": {"total_steps": n, "policy_prompt": prompt, "solution": solution}})
+    return rows
+
+
+def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
+    """As many flawed as clean items: the larger class is downsampled at random; order is kept."""
+    flawed = [first_error(p, s) != -1 for p, s in items]
+    groups = [[i for i, f in enumerate(flawed) if f == want] for want in (True, False)]
+    m, rng = min(map(len, groups)), random.Random(seed)
+    keep = {i for g in groups for i in rng.sample(g, m)}
+    return [item for i, item in enumerate(items) if i in keep]
+
+
+# ----------------------------------------------------------------------------
+# tokenizer: one token per byte
+
+def make_tokenizer(model_max_length: int = 1024):
+    """Byte-level BPE with no merges (token id = byte value) plus `<|endoftext|>` (id 256) as eos and pad.
+
+    Why not a char vocabulary: transformers 5 may rebuild a tokenizer as Qwen2Tokenizer
+    from config.json's model_type, re-applying Qwen's byte-level pre-tokenization; a
+    char vocabulary then silently loses its spaces. Byte-level BPE with no merges gives
+    the same ids whichever class loads it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # GPT-2's byte -> printable-unicode map, which ByteLevel (pre-tokenizer and decoder) uses
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    vocab = {chr(b if b in printable else next(extra)): b for b in range(256)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, model_max_length=model_max_length)
+
+
+# ----------------------------------------------------------------------------
+# CLI: python -m fapo_mini.toyworld --out DIR --n-train N --n-test N --n-hard N --seed S
+
+def main():
+    ap = argparse.ArgumentParser(description="Write toy-world policy rows: train.jsonl, test.jsonl, hard.jsonl.")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
+    ap.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")
+    ap.add_argument("--n-hard", type=int, default=500, help="hard problems (k in 7..10, held-out prompts)")
+    ap.add_argument("--seed", type=int, default=0, help="generator seed")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for split, n in (("train", args.n_train), ("test", args.n_test), ("hard", args.n_hard)):
+        path = os.path.join(args.out, f"{split}.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in policy_rows(generate(n, args.seed, split), split))
+        print(f"{split}: {n} rows -> {path}")
+
+
+if __name__ == "__main__":
+    main()
