@@ -1,0 +1,263 @@
+"""The generative reward model (GenRM), text side: prompts, verdicts, rewards, benchmarks.
+
+Why this file exists: FAPO's GenRM is an ordinary chat model that reads a problem, its
+ground truth and a solution, critiques it, and ends with `\\boxed{k}`: the index of the
+first wrong step, or -1 for "no error" (FAPO_SPEC 2). Everything about it that is plain
+text lives here: the two prompt templates the authors use, step splitting and
+`<paragraph_i>` tagging, verdict parsing, the GenRM's own RL reward, and the metrics of
+its two benchmarks (FAPO_SPEC 4). The flaw detector that runs a GenRM during policy
+training is added at the bottom of this file.
+
+What it simplifies away: no chat template (the prompts are the user turn's text; the
+tokenizer's `apply_chat_template` wraps them), no sampling, no per-subset bookkeeping
+(ProcessBench's four subsets are scored one call each, then averaged by the caller).
+
+Conventions chosen here (the authors' code would raise or return nan):
+- a metric whose denominator is empty is 0.0 (precision with no predicted flaws,
+  F1 when precision and recall are both 0);
+- `majority_vote` ignores invalid (None) votes and breaks ties by first appearance,
+  which is what `Counter.most_common` does in the authors' `evaluate_genrm.py`.
+"""
+
+import re
+from collections import Counter
+
+from fapo_mini.verify import extract_boxed
+
+# FAPO_SPEC 2: the GenRM's training and benchmark prompt (user turn), as FAPO-Critic rows hold it.
+CRITIC_TEMPLATE = (
+    "The following is a math problem with its ground truth answer, along with an AI solution "
+    "(split into paragraphs, enclosed with tags and indexed from 0):\n\n"
+    "[Math Problem]\n\n{problem}\n\n"
+    "[Ground Truth]\n\n{ground_truth}\n\n"
+    "[AI Solution]\n\n{solution}\n\n"
+    "Your task is to review and critique the solution paragraph by paragraph. Once you identify "
+    "an error in a paragraph, return the index of the paragraph where the earliest error occurs. "
+    "Otherwise, return the index of -1 (which typically denotes 'not found').\n\n"
+    "Please reason step by step, put your final answer (i.e., the index) in \\boxed{{}}."
+)
+
+# FAPO_SPEC 2: the policy-time variant: the raw, untagged response, "steps" for "paragraphs".
+# Text from yyDing1/FAPO fapo/fapo_reasoning/reward_fn.py (QUERY_TEMPLATE_PRM_GT) and, identical,
+# verl recipe/fapo/reward_fn_reasoning.py (FAPO_GENRM_TEMPLATE).
+POLICY_CRITIC_TEMPLATE = (
+    "The following is a math problem with its ground truth answer, along with an AI solution "
+    "(split into steps):\n\n"
+    "[Math Problem]\n\n{problem}\n\n"
+    "[Ground Truth]\n\n{ground_truth}\n\n"
+    "[AI Solution]\n\n{solution}\n\n"
+    "Your task is to review and critique the solution step by step. Once you identify an error "
+    "in a step, return the index of the step where the earliest error occurs. Otherwise, return "
+    "the index of -1 (which typically denotes 'not found').\n\n"
+    "Please reason step by step, put your final answer (i.e., the index) in \\boxed{{}}."
+)
+
+VERDICT_WINDOW = 300  # FAPO_SPEC 2: the verdict is read from the critique's last 300 characters
+NO_ERROR = -1  # the verdict for a solution without a wrong step
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_index(name: str, value, n_steps: int) -> None:
+    """Raise unless `value` is a step index in -1..n_steps-1."""
+    if not _is_int(value) or not -1 <= value < n_steps:
+        raise ValueError(f"{name} must be an int in -1..{n_steps - 1}, got {value!r}")
+
+
+def _check_n_steps(n_steps) -> None:
+    if not _is_int(n_steps) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
+
+
+# ---------------------------------------------------------------- steps and prompts
+
+def split_steps(solution: str, by: str = "blank") -> list[str]:
+    """Split a solution into stripped, non-empty steps.
+
+    `by="blank"`: steps are separated by an empty line, i.e. "\\n\\n" (real math). A line of
+    spaces does not separate: one FAPO-Critic paragraph holds such a line inside it, so the
+    authors split on "\\n\\n" exactly (inferred). `by="line"`: one step per line (the toy world).
+    `split_steps("a\\n\\n\\nb\\nc")` -> `["a", "b\\nc"]`; with `by="line"` -> `["a", "b", "c"]`.
+    """
+    if not isinstance(solution, str):
+        raise ValueError(f"solution must be a str, got {type(solution).__name__}")
+    if by == "blank":
+        parts = solution.split("\n\n")
+    elif by == "line":
+        parts = solution.splitlines()
+    else:
+        raise ValueError(f"by must be 'blank' or 'line', got {by!r}")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def tag_steps(steps: list[str]) -> str:
+    """Tag steps for the GenRM prompt.
+
+    `["a", "b"]` -> `"<paragraph_0>\\na\\n</paragraph_0>\\n\\n<paragraph_1>\\nb\\n</paragraph_1>"`.
+    """
+    if not isinstance(steps, (list, tuple)) or not steps:
+        raise ValueError("steps must be a non-empty list of strings")
+    for i, step in enumerate(steps):
+        if not isinstance(step, str) or not step.strip():
+            raise ValueError(f"step {i} must be a non-empty str, got {step!r}")
+    # FAPO_SPEC 2: each step i as <paragraph_i>\n{step}\n</paragraph_i>, joined by a blank line
+    return "\n\n".join(f"<paragraph_{i}>\n{step}\n</paragraph_{i}>" for i, step in enumerate(steps))
+
+
+def critic_prompt(problem: str, ground_truth, steps: list[str]) -> str:
+    """The GenRM's training / benchmark prompt for a solution already split into steps."""
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"problem must be a non-empty str, got {problem!r}")
+    solution = tag_steps(steps)
+    return CRITIC_TEMPLATE.format(problem=problem, ground_truth=ground_truth, solution=solution)
+
+
+def policy_critic_prompt(problem: str, ground_truth, solution: str) -> str:
+    """The prompt the authors send during policy training: the whole response, untagged.
+
+    The GenRM is left to split the solution into steps itself; only "-1 or not" is used.
+    """
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"problem must be a non-empty str, got {problem!r}")
+    if not isinstance(solution, str) or not solution.strip():
+        raise ValueError(f"solution must be a non-empty str, got {solution!r}")
+    return POLICY_CRITIC_TEMPLATE.format(
+        problem=problem, ground_truth=ground_truth, solution=solution)
+
+
+# ---------------------------------------------------------------- verdicts and rewards
+
+def parse_verdict(text: str, n_steps: int) -> int | None:
+    """The GenRM's answer: the last boxed integer in the last 300 characters of `text`.
+
+    None when there is no box, its content is not an integer (`"2.5"`, `"two"`), or the
+    index is out of range; valid is -1 or 0..n_steps-1. `"... \\boxed{3}"` with 5 steps -> 3.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    _check_n_steps(n_steps)
+    answer = extract_boxed(text[-VERDICT_WINDOW:])  # FAPO_SPEC 2: last box in the last 300 chars
+    # An integer as int() reads one (spaces, a sign), ASCII digits only.
+    if answer is None or not re.fullmatch(r"\s*[+-]?[0-9]+\s*", answer):
+        return None
+    k = int(answer)
+    return k if k == NO_ERROR or 0 <= k < n_steps else None  # FAPO_SPEC 2: -1 or 0 <= k < n
+
+
+def outcome_reward(pred: int | None, label: int) -> float:
+    """Outcome-only reward (the paper's ablation): +1 when the flawed / clean call is right.
+
+    `pred` is `parse_verdict`'s output (None = invalid), `label` the first wrong step or -1.
+    """
+    if pred is not None and (not _is_int(pred) or pred < -1):
+        raise ValueError(f"pred must be None or an int >= -1, got {pred!r}")
+    if not _is_int(label) or label < -1:
+        raise ValueError(f"label must be an int >= -1, got {label!r}")
+    if pred is None:
+        return -1.0  # FAPO_SPEC 2: invalid / unparsable -> -1
+    return 1.0 if (pred == NO_ERROR) == (label == NO_ERROR) else -1.0  # FAPO_SPEC 2: R_outcome
+
+
+def step_reward(pred: int | None, label: int, n_steps: int) -> float:
+    """The GenRM's step-wise RL reward (FAPO_SPEC 2's table).
+
+    - pred None (invalid verdict): -1
+    - label -1 (clean): +1 if pred is -1, else -1
+    - label >= 0 (flawed): -1 if pred is -1, else 1 - abs(pred - label) / n_steps
+    e.g. `step_reward(2, 4, 8)` -> 0.75.
+    """
+    _check_n_steps(n_steps)
+    _check_index("label", label, n_steps)
+    if pred is not None:
+        _check_index("pred", pred, n_steps)
+    reward = outcome_reward(pred, label)
+    if pred is not None and pred != NO_ERROR and label != NO_ERROR:
+        reward -= abs(pred - label) / n_steps  # FAPO_SPEC 2: R_process = -|t - t*| / n
+    return reward
+
+
+# ---------------------------------------------------------------- benchmarks
+
+def _check_pairs(preds, labels) -> None:
+    if len(preds) != len(labels) or not preds:
+        raise ValueError("preds and labels must be non-empty and equally long, "
+                         f"got {len(preds)} and {len(labels)}")
+    for label in labels:
+        if not _is_int(label) or label < -1:
+            raise ValueError(f"labels must be ints >= -1, got {label!r}")
+    for pred in preds:
+        if pred is not None and not _is_int(pred):
+            raise ValueError(f"preds must be ints or None, got {pred!r}")
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def _harmonic(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b else 0.0
+
+
+def flawed_positive_metrics(preds: list[int | None], labels: list[int]) -> dict:
+    """FlawedPositiveBench (FAPO_SPEC 4) on correct-answer samples only: positive = flawed.
+
+    Predicted flawed = `pred != -1`, so an invalid verdict (None) counts as flawed.
+    Returns precision, recall, f1, acc and the confusion counts tp, fp, fn, tn.
+    """
+    _check_pairs(preds, labels)
+    tp = fp = fn = tn = 0
+    for pred, label in zip(preds, labels):
+        said_flawed, is_flawed = pred != NO_ERROR, label != NO_ERROR  # FAPO_SPEC 4: None -> flawed
+        tp += said_flawed and is_flawed
+        fp += said_flawed and not is_flawed
+        fn += is_flawed and not said_flawed
+        tn += not said_flawed and not is_flawed
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return dict(precision=precision, recall=recall, f1=_harmonic(precision, recall),  # FAPO_SPEC 4
+                acc=(tp + tn) / len(labels), tp=tp, fp=fp, fn=fn, tn=tn)
+
+
+def processbench_f1(preds: list[int | None], labels: list[int]) -> dict:
+    """ProcessBench F1 (FAPO_SPEC 4) for one subset.
+
+    err_acc: share of erroneous samples whose first wrong step is found exactly;
+    correct_acc: share of clean samples answered -1; f1: their harmonic mean.
+    Both kinds of sample must be present.
+    """
+    _check_pairs(preds, labels)
+    erroneous = [(p, y) for p, y in zip(preds, labels) if y != NO_ERROR]
+    clean = [p for p, y in zip(preds, labels) if y == NO_ERROR]
+    if not erroneous or not clean:
+        raise ValueError(f"need erroneous and clean samples, got {len(erroneous)} and {len(clean)}")
+    err_acc = sum(p == y for p, y in erroneous) / len(erroneous)  # FAPO_SPEC 4: exact first error
+    correct_acc = sum(p == NO_ERROR for p in clean) / len(clean)  # FAPO_SPEC 4: -1 on clean ones
+    return dict(err_acc=err_acc, correct_acc=correct_acc, f1=_harmonic(err_acc, correct_acc))
+
+
+def majority_vote(preds: list[int | None]) -> int | None:
+    """Most frequent valid verdict among several critiques of one sample; None if none is valid.
+
+    Ties go to the verdict that appeared first: `majority_vote([2, -1, None, -1, 2])` -> 2.
+    """
+    counts = Counter(p for p in preds if p is not None)
+    if not counts:
+        return None
+    return max(counts, key=counts.get)  # max keeps the first of equal counts (insertion order)
+
+
+def processbench_row(row: dict) -> tuple[str, list[str], int]:
+    """ProcessBench's row format -> (problem, steps, label).
+
+    A row holds `problem`, `steps` (list of str), `label` (first wrong step or -1) and
+    `final_answer_correct`; FlawedPositiveBench keeps the rows where the latter is true.
+    """
+    missing = {"problem", "steps", "label"} - set(row)
+    if missing:
+        raise ValueError(f"ProcessBench row lacks {sorted(missing)}")
+    steps = list(row["steps"])
+    if not steps or not all(isinstance(s, str) for s in steps):
+        raise ValueError("ProcessBench row's steps must be a non-empty list of strings")
+    _check_index("label", row["label"], len(steps))
+    return row["problem"], steps, row["label"]
