@@ -1,0 +1,217 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is one folder, `run_dir/ckpt/step_XXXXXXXX/`:
+
+    model/        the Hugging Face model folder (written by the caller's `write_model`)
+    state.pt      rank 0's state: optimizer, scheduler, step, config, metrics offset, ...
+    rank{r}.pt    each rank's own state: RNG states (each rank samples differently)
+    COMPLETE      written last: the list of every file above
+
+It is written under `.tmp-step_XXXXXXXX/` and renamed into place only after
+every rank wrote its part and COMPLETE exists, so a crash mid-save never leaves
+a half checkpoint as the newest one; `latest_checkpoint` also re-checks the
+listed files and falls back to the previous checkpoint when one is missing.
+Everything is loaded with `torch.load(weights_only=True)`: plain tensors and
+containers, never pickled code.
+
+Data order needs no state (data.batch_indices is a pure function of the step),
+so with the RNG states restored a resumed run continues exactly.
+
+Simplified away: sharded (FSDP) state dicts, asynchronous saving, fsync (a
+killed process is covered, a power cut may not be), remote storage. Assumes
+every rank sees the same file system.
+"""
+
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fapo_mini.dist import DistInfo, all_reduce_sum, barrier, print0
+
+_STEP_DIR = re.compile(r"step_(\d{8,})")
+_RANK_FILE = re.compile(r"rank\d+\.pt")
+
+
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    """Final (renamed) checkpoint folders, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    dirs = [p for p in ckpt_dir.iterdir() if p.is_dir() and _STEP_DIR.fullmatch(p.name)]
+    return sorted(dirs, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1)))
+
+
+def save_checkpoint(
+    run_dir,
+    step: int,
+    write_model: Callable[[Path], None],
+    state: dict,
+    rank_state: dict,
+    dist_info: DistInfo,
+    keep: int = 3,
+) -> Path:
+    """Save one checkpoint atomically; every rank must call this. Returns the final folder.
+
+    `write_model(folder)` is called on rank 0 with `folder` = `<checkpoint>/model`
+    (already created) and must write the HF model folder there. `state` is
+    written by rank 0, `rank_state` by every rank. Only the newest `keep`
+    checkpoints are kept.
+    """
+    if keep < 1 or step < 0:
+        raise ValueError(f"need keep >= 1 and step >= 0, got keep={keep}, step={step}")
+    ckpt_dir = Path(run_dir) / "ckpt"
+    name = f"step_{step:08d}"
+    tmp, final = ckpt_dir / f".tmp-{name}", ckpt_dir / name
+    if dist_info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crashed save of this step
+        (tmp / "model").mkdir(parents=True)
+    barrier()  # the folder exists before anyone writes into it
+    if dist_info.is_main:
+        write_model(tmp / "model")
+        torch.save(state, tmp / "state.pt")
+    torch.save(rank_state, tmp / f"rank{dist_info.rank}.pt")
+    barrier()  # every rank wrote its part
+    if dist_info.is_main:
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        (tmp / "COMPLETE").write_text("".join(f + "\n" for f in files))
+        if final.exists():  # saving a step again (e.g. right after a resume): replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in _step_dirs(ckpt_dir)[:-keep]:
+            shutil.rmtree(old)
+        for stale in ckpt_dir.glob(".tmp-*"):  # left by saves that crashed
+            shutil.rmtree(stale)
+    barrier()  # nobody returns (or exits) before the checkpoint is in place
+    return final
+
+
+def latest_checkpoint(run_dir, world_size: int) -> Path | None:
+    """The newest complete checkpoint in `run_dir/ckpt`, or None.
+
+    Skips (with a message) a checkpoint without COMPLETE or with a listed file
+    missing, falling back to the previous one; ignores `.tmp-*` folders. A
+    complete checkpoint saved by a different number of ranks is an error, not a
+    silent fresh start (the next saves would prune the old run away).
+    """
+    for ckpt in reversed(_step_dirs(Path(run_dir) / "ckpt")):
+        marker = ckpt / "COMPLETE"
+        if not marker.is_file():
+            print0(f"skipping {ckpt}: no COMPLETE marker")
+            continue
+        listed = marker.read_text().splitlines()
+        missing = [f for f in listed if not (ckpt / f).is_file()]
+        if missing or "state.pt" not in listed:
+            print0(f"skipping {ckpt}: missing {missing or ['state.pt']}")
+            continue
+        rank_files = {f for f in listed if _RANK_FILE.fullmatch(f)}
+        if rank_files != {f"rank{r}.pt" for r in range(world_size)}:
+            raise ValueError(
+                f"{ckpt} was saved by {len(rank_files)} ranks, this run has {world_size}; "
+                "resume with the same number of processes, or pass --fresh to start over"
+            )
+        return ckpt
+    return None
+
+
+def load_state(ckpt, rank: int) -> tuple[dict, dict]:
+    """(state, rank_state) of a checkpoint folder, loaded onto the CPU with weights_only=True."""
+    ckpt = Path(ckpt)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    rank_state = torch.load(ckpt / f"rank{rank}.pt", map_location="cpu", weights_only=True)
+    return state, rank_state
+
+
+def rng_state() -> dict:
+    """Every RNG a run draws from: python `random`, numpy's global RNG, torch CPU, all CUDA devices.
+
+    numpy's state holds an ndarray, which weights_only loading refuses, so its
+    key array is stored as a list of ints.
+    """
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_name, np_keys.tolist(), np_pos, np_has_gauss, np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned (CUDA states only when CUDA is available)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np.array(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_config(saved: dict, current: dict, ignore=()) -> None:
+    """Raise ValueError naming the first setting that differs between the saved run and this one.
+
+    Keys in `ignore` (e.g. steps, save_every, out) may change on resume.
+    """
+    missing = object()
+    for key in [*current, *(k for k in saved if k not in current)]:
+        if key in ignore:
+            continue
+        here, there = current.get(key, missing), saved.get(key, missing)
+        if here != there:
+            here_s = "unset" if here is missing else repr(here)
+            there_s = "unset" if there is missing else repr(there)
+            raise ValueError(
+                f"config mismatch with the saved run: --{key} is {here_s} here, {there_s} in the checkpoint; "
+                "pass --fresh to start over"
+            )
+
+
+class GracefulStop:
+    """SIGINT / SIGTERM set `.requested` instead of killing the run, so the loop can save and exit 0.
+
+        with GracefulStop() as stop:
+            for step in ...:
+                train_step()
+                if stop.should_stop(device):
+                    save_checkpoint(...); break
+
+    A second SIGINT raises KeyboardInterrupt as usual. Under torchrun the
+    workers run in their own session: a Ctrl-C reaches the torchrun agent, which
+    forwards it once to every worker, then kills the workers that have not
+    exited TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30) later, so the
+    final save must fit in that time. torchrun itself then exits non-zero even
+    though the workers exited 0.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"got {signal.Signals(signum).name}: finishing this step, saving, then exiting", flush=True)
+
+    def should_stop(self, device: torch.device) -> bool:
+        """True on every rank when any rank got a signal (signals can reach ranks a step apart)."""
+        flag = torch.tensor([float(self.requested)], device=device)
+        return all_reduce_sum(flag).item() > 0
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self) -> "GracefulStop":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
