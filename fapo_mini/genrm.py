@@ -261,3 +261,55 @@ def processbench_row(row: dict) -> tuple[str, list[str], int]:
         raise ValueError("ProcessBench row's steps must be a non-empty list of strings")
     _check_index("label", row["label"], len(steps))
     return row["problem"], steps, row["label"]
+
+
+# ----------------------------------------------------------------------------
+# the flaw detector used during policy training (train_policy.py --judge genrm)
+
+def policy_verdict(critique: str) -> int | None:
+    """The authors' policy-time reading of a critique (verl recipe/fapo): the last boxed
+    integer of the whole critique, no window and no range check (the step count of an
+    untagged solution is unknown). None when there is none."""
+    boxed = extract_boxed(critique)
+    try:
+        return int(boxed.strip()) if boxed is not None else None
+    except ValueError:
+        return None
+
+
+class FlawDetector:
+    """Runs a GenRM on correct rollouts: detector(rows, responses) -> (flawed, n_invalid).
+
+    The GenRM has its own weights, on the same device as the policy, and our batched
+    sampler. Toy-world rows get the compact toy prompt; other rows the authors'
+    policy-time prompt (POLICY_CRITIC_TEMPLATE) through the GenRM's chat template.
+    A verdict that does not parse counts as NOT flawed (FAPO_SPEC 3) and is counted.
+    """
+
+    def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False):
+        import torch
+        from fapo_mini.model import load_model, load_tokenizer
+        from fapo_mini.sampler import Sampler, SamplingParams
+        self.tok = load_tokenizer(model_dir, trust_remote_code)
+        self.sampler = Sampler(load_model(model_dir, device).eval(), self.tok)
+        self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+
+    def prompt(self, row: dict, response: str) -> str:
+        if row.get("data_source") == "toyworld":
+            from fapo_mini.toyworld import critic_prompt as toy_prompt
+            return toy_prompt(row["prompt"], response)
+        p = row["prompt"]
+        problem = p if isinstance(p, str) else [m for m in p if m["role"] == "user"][-1]["content"]
+        text = policy_critic_prompt(problem, row["reward_model"]["ground_truth"], response)
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                add_generation_prompt=True)
+        return text
+
+    def __call__(self, rows, responses):
+        if not rows:
+            return [], 0
+        ids = [self.tok.encode(self.prompt(r, s), add_special_tokens=False) for r, s in zip(rows, responses)]
+        verdicts = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
+        return [v is not None and v != NO_ERROR for v in verdicts], sum(v is None for v in verdicts)

@@ -78,10 +78,10 @@ def parse_prompt(prompt: str) -> Problem:
     if m is None:
         raise ValueError(f"not a toy-world prompt: {prompt!r}")
     steps = _STEP_RE.findall(m.group(2))
-    for i, (var, ref, _, _) in enumerate(steps):
-        if var != chr(ord("b") + i) or ref != chr(ord("a") + i):
+    for i, (var, ref, op, c) in enumerate(steps):
+        if var != chr(ord("b") + i) or ref != chr(ord("a") + i) or (op, int(c)) not in OPS:
             raise ValueError(f"toy-world prompt step {i} must define {chr(ord('b') + i)} from "
-                             f"{chr(ord('a') + i)}, got {var}={ref}...: {prompt!r}")
+                             f"{chr(ord('a') + i)} with an op in OPS, got {var}={ref}{op}{c}: {prompt!r}")
     if m.group(3) != chr(ord("a") + len(steps)):
         raise ValueError(f"toy-world prompt must ask for its last variable: {prompt!r}")
     return Problem(int(m.group(1)), tuple((op, int(c)) for _, _, op, c in steps))
@@ -152,6 +152,8 @@ def first_error(prompt: str, solution: str) -> int:
     """
     ref, lines = parse_prompt(prompt).reference_lines(), solution_lines(solution)
     for i, line in enumerate(lines):
+        if i == len(ref) - 1 and line.startswith("ans="):
+            line = "ans=" + line[4:].strip()  # read the value as extract_answer does
         if i >= len(ref) or line != ref[i]:
             return i
     return len(lines) if len(lines) < len(ref) else -1
@@ -310,22 +312,64 @@ def make_tokenizer(model_max_length: int = 1024):
 
 
 # ----------------------------------------------------------------------------
-# CLI: python -m fapo_mini.toyworld --out DIR --n-train N --n-test N --n-hard N --seed S
+# CLI
+#   python -m fapo_mini.toyworld world --out DIR [--n-train N --n-test N --n-hard N --n-sft N --seed S]
+#   python -m fapo_mini.toyworld critic --rollouts R.jsonl --out DIR     (GenRM data from policy samples)
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def world_cmd(args):
+    os.makedirs(args.out, exist_ok=True)
+    make_tokenizer().save_pretrained(os.path.join(args.out, "tokenizer"))
+    for split, n in (("train", args.n_train), ("test", args.n_test), ("hard", args.n_hard)):
+        write_jsonl(os.path.join(args.out, f"{split}.jsonl"), policy_rows(generate(n, args.seed, split), split))
+        print(f"{split}: {n} rows")
+    sft = sft_mixture(generate(args.n_sft, args.seed + 1, "train"), rng=random.Random(args.seed))
+    write_jsonl(os.path.join(args.out, "sft_policy.jsonl"), [{"prompt": p, "completion": c} for p, c in sft])
+    print(f"sft_policy: {len(sft)} sloppy-teacher traces; tokenizer -> {args.out}/tokenizer")
+
+
+def critic_cmd(args):
+    """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
+    (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
+    with open(args.rollouts) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
+                               if is_correct(r["response"], r["reward_model"]["ground_truth"])))
+    items = balance_critic(items, args.seed)
+    if not items:
+        raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
+    prompts = sorted({p for p, _ in items})
+    test = set(random.Random(args.seed).sample(prompts, int(len(prompts) * args.test_share)))
+    os.makedirs(args.out, exist_ok=True)
+    train_items = [it for it in items if it[0] not in test]
+    write_jsonl(os.path.join(args.out, "critic_train.jsonl"), critic_rows(train_items))
+    write_jsonl(os.path.join(args.out, "critic_test.jsonl"), critic_rows([it for it in items if it[0] in test]))
+    write_jsonl(os.path.join(args.out, "sft_genrm.jsonl"),
+                [{"prompt": critic_prompt(p, s), "completion": teacher_critique(p, s)} for p, s in train_items])
+    print(f"critic: {len(items)} balanced correct rollouts, {len(train_items)} train / {len(items) - len(train_items)} test")
+
 
 def main():
-    ap = argparse.ArgumentParser(description="Write toy-world policy rows: train.jsonl, test.jsonl, hard.jsonl.")
-    ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
-    ap.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")
-    ap.add_argument("--n-hard", type=int, default=500, help="hard problems (k in 7..10, held-out prompts)")
-    ap.add_argument("--seed", type=int, default=0, help="generator seed")
+    ap = argparse.ArgumentParser(description="The toy world's data: policy rows, warm-start traces, GenRM rows.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("world", help="policy rows (train/test/hard.jsonl), sloppy-teacher traces, tokenizer")
+    w.add_argument("--out", required=True, help="output folder")
+    w.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
+    w.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")
+    w.add_argument("--n-hard", type=int, default=500, help="hard problems (k in 7..10, held-out prompts)")
+    w.add_argument("--n-sft", type=int, default=20000, help="sloppy-teacher warm-start traces (train prompts)")
+    w.add_argument("--seed", type=int, default=0, help="generator seed")
+    c = sub.add_parser("critic", help="GenRM rows + warm-start critiques from policy rollouts")
+    c.add_argument("--rollouts", required=True, help="rollout.py output on toy policy rows")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--test-share", type=float, default=0.2, help="share of prompts held out for GenRM eval")
+    c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    for split, n in (("train", args.n_train), ("test", args.n_test), ("hard", args.n_hard)):
-        path = os.path.join(args.out, f"{split}.jsonl")
-        with open(path, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in policy_rows(generate(n, args.seed, split), split))
-        print(f"{split}: {n} rows -> {path}")
+    {"world": world_cmd, "critic": critic_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

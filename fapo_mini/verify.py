@@ -127,3 +127,13 @@ def math_correct(response: str, ground_truth: str) -> bool:
     answer = extract_boxed(response[-ANSWER_WINDOW:])  # FAPO_SPEC 3: last box in the last 300 chars
     # FAPO_SPEC 3: normalised on both sides, then a plain string compare.
     return answer is not None and normalize_final_answer(answer) == truth
+
+
+def is_correct(row: dict, response: str) -> bool:
+    """The outcome check for one verl-format row: the toy world's exact answer check for
+    `data_source == "toyworld"`, the boxed-answer rule (math_correct) for everything else."""
+    gt = str(row["reward_model"]["ground_truth"])
+    if row.get("data_source") == "toyworld":
+        from fapo_mini.toyworld import is_correct as toy_correct
+        return toy_correct(response, gt)
+    return math_correct(response, gt)

@@ -39,7 +39,7 @@ def ref_first_error(prompt, solution):
             if (var, op, c) != ops[i] or left != vals[i] or res != vals[i + 1]:
                 return i
             continue
-        a = re.fullmatch(r"ans=(\d)", line)
+        a = re.fullmatch(r"ans=\s*(\d)\s*", line)  # the value as extract_answer reads it
         if a and i == k and int(a.group(1)) == vals[-1]:
             continue
         return i  # ans too early (skipped steps), wrong value, after the ans line, or malformed
@@ -88,6 +88,7 @@ def random_trace(rng, prompt):
     ("b=7+5=2\nans=6", 1),                          # skipped step, right answer
     ("ans=6", 0),                                   # every step skipped
     ("b=7+5=2\nc=2*3=6\nans=5", 2),                 # wrong answer line
+    ("b=7+5=2\nc=2*3=6\nans= 6", -1),              # spaces around the value: is_correct agrees
     ("b=7+5=2\nc=2*3=6\nans=6\nans=6", 3),          # a line after the ans line
     ("b=7+5=2\nc = 2*3 = 6\nans=6", 1),             # malformed line
     ("b=7+5=2\nhello\nans=6", 1),                   # garbage line
@@ -132,7 +133,7 @@ def test_parse_prompt_round_trip_and_errors():
         assert tw.parse_prompt(p.prompt) == p
         assert tw.parse_prompt(p.prompt.rstrip("\n")) == p
     for bad in ["", "a=7;?a\n", "a=7;b=a+5;c=b*3;?b\n", "a=7;c=a+5;?c\n", "a=7;b=c+5;?b\n", "a=7;b=a/5;?b\n",
-                "a=17;b=a+5;?b\n", "a=7; b=a+5;?b\n"]:
+                "a=17;b=a+5;?b\n", "a=7; b=a+5;?b\n", "a=7;b=a*2;?b\n", "a=7;b=a+0;?b\n"]:
         with pytest.raises(ValueError):
             tw.first_error(bad, "ans=1")
 
@@ -330,10 +331,33 @@ def test_tokenizer_loads_identically_next_to_a_qwen3_config(tmp_path):
 # CLI
 
 def test_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["toyworld", "--out", str(tmp_path), "--n-train", "30", "--n-test", "10",
-                                      "--n-hard", "5", "--seed", "4"])
+    monkeypatch.setattr(sys, "argv", ["toyworld", "world", "--out", str(tmp_path), "--n-train", "30", "--n-test", "10",
+                                      "--n-hard", "5", "--n-sft", "40", "--seed", "4"])
     tw.main()
     assert "train: 30 rows" in capsys.readouterr().out
     for split, n in (("train", 30), ("test", 10), ("hard", 5)):
         rows = [json.loads(l) for l in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
         assert rows == tw.policy_rows(tw.generate(n, 4, split), split)
+    sft = [json.loads(l) for l in (tmp_path / "sft_policy.jsonl").read_text().splitlines()]
+    assert len(sft) == 40 and all(tw.is_correct(r["completion"], tw.parse_prompt(r["prompt"]).answer) for r in sft)
+
+
+def test_critic_cli_balances_correct_rollouts(tmp_path, monkeypatch):
+    """critic data: only correct rollouts, half flawed / half clean, labels = the oracle's."""
+    rng = random.Random(0)
+    rows = []
+    for p in tw.generate(60, 1, "train"):
+        for style in ("clean", "sloppy", "jump"):
+            rows.append({"prompt": p.prompt, "reward_model": {"ground_truth": p.answer},
+                         "response": tw.teacher_solution(p.prompt, style, rng)})
+        rows.append({"prompt": p.prompt, "reward_model": {"ground_truth": p.answer}, "response": "ans=x"})
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(sys, "argv", ["toyworld", "critic", "--rollouts", str(tmp_path / "r.jsonl"),
+                                      "--out", str(tmp_path / "c")])
+    tw.main()
+    crit = [json.loads(l) for name in ("critic_train", "critic_test")
+            for l in (tmp_path / "c" / f"{name}.jsonl").read_text().splitlines()]
+    labels = [r["reward_model"]["ground_truth"] for r in crit]
+    assert sum(l == -1 for l in labels) == sum(l != -1 for l in labels) == 60   # 60 clean vs 120 flawed -> 60/60
+    for r in crit:
+        assert r["reward_model"]["ground_truth"] == tw.first_error(r["extra_info"]["policy_prompt"], r["extra_info"]["solution"])
