@@ -339,6 +339,13 @@ def critic_cmd(args):
         rows = [json.loads(line) for line in f if line.strip()]
     items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
                                if is_correct(r["response"], r["reward_model"]["ground_truth"])))
+    if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
+        rng, flawed = random.Random(args.seed), sum(first_error(p, s) != -1 for p, s in items)
+        for style, have in (("clean", len(items) - flawed), ("sloppy", flawed)):
+            prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 2})
+            extra = [(p, teacher_solution(p, style, rng)) for p in rng.choices(prompts, k=max(0, args.teacher_fill - have))]
+            items += extra
+            print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
     items = balance_critic(items, args.seed)
     if not items:
         raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
@@ -367,6 +374,8 @@ def main():
     c.add_argument("--rollouts", required=True, help="rollout.py output on toy policy rows")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--test-share", type=float, default=0.2, help="share of prompts held out for GenRM eval")
+    c.add_argument("--teacher-fill", type=int, default=0,
+                   help="top each class up to N with teacher traces (only for tiny smoke runs)")
     c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     {"world": world_cmd, "critic": critic_cmd}[args.cmd](args)

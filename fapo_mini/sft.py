@@ -1,0 +1,137 @@
+"""Supervised warm start: next-token loss on packed (prompt, completion) pairs.
+
+Why this file exists: RL needs a policy that already writes the solution format, and
+FAPO needs a GenRM that already writes a verdict. In the toy world both come from a
+short supervised run on teacher traces; this file is that run, reused for both.
+
+    python -m fapo_mini.sft --data sft.jsonl --tokenizer DIR --new-model d128-l4 --out DIR
+    python -m fapo_mini.sft --data sft.jsonl --model DIR --out DIR      # continue from a checkpoint
+
+Rows of the jsonl file: {"prompt": str, "completion": str}. The loss covers the
+completion tokens and the EOS after them, never the prompt (mean over those tokens).
+Simplified away: one process only (the toy runs take minutes), no resume.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from fapo_mini.model import ModelConfig, Qwen, load_model, load_tokenizer, save_model
+
+
+def new_model(spec: str, tokenizer, seed=0) -> Qwen:
+    """A fresh Qwen3-style model from a spec like 'd128-l4' (width 128, 4 layers,
+    head_dim 32, MLP 3x), weights ~ N(0, 0.02) as in transformers' init."""
+    parts = dict((p[0], int(p[1:])) for p in spec.split("-"))
+    d, layers = parts["d"], parts["l"]
+    heads = d // 32
+    cfg = ModelConfig(vocab_size=len(tokenizer), hidden_size=d, intermediate_size=3 * d,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      head_dim=32, rope_theta=10000.0, tie_word_embeddings=True,
+                      max_position_embeddings=tokenizer.model_max_length,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = Qwen(cfg)
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.02)
+    return model
+
+
+def tokenize_pairs(pairs, tokenizer):
+    """[(prompt, completion)] -> [(prompt_ids, completion_ids + [eos])]."""
+    eos = tokenizer.eos_token_id
+    return [(tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(c, add_special_tokens=False) + [eos])
+            for p, c in pairs]
+
+
+def pack(examples, device="cpu"):
+    """Pack (prompt_ids, completion_ids) pairs end to end for one packed forward.
+    Returns ids, pos (T,), cu_seqlens (B+1,), max_seqlen, targets (T,) = the next token,
+    and loss_mask (T,) = 1 where the next token belongs to the completion."""
+    ids, pos, tgt, mask, lens = [], [], [], [], []
+    for p, c in examples:
+        seq = p + c
+        ids += seq
+        pos += range(len(seq))
+        tgt += seq[1:] + [0]
+        mask += [0] * (len(p) - 1) + [1] * len(c) + [0]   # predict c from the last prompt token on
+        lens.append(len(seq))
+    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)
+    cu = torch.nn.functional.pad(t(lens).cumsum(0), (1, 0)).to(torch.int32)
+    return t(ids), t(pos), cu, max(lens), t(tgt), t(mask, torch.float32)
+
+
+def sft_loss(model, batch):
+    ids, pos, cu, max_len, tgt, mask = batch
+    logp = model.token_logprobs(model(ids, pos, cu, max_len), tgt)         # (T,)
+    return -(logp * mask).sum() / mask.sum()                                 # mean NLL over completion tokens
+
+
+def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None):
+    """AdamW, linear warm-up then cosine decay to 10% of lr. Returns the loss per step."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    n_warm = max(1, int(warmup * steps))
+
+    def lr_factor(s):
+        if s < n_warm:
+            return (s + 1) / n_warm
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (s - n_warm) / max(1, steps - n_warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    device = next(model.parameters()).device
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc="sft", disable=log is None)
+    for step in bar:
+        loss = sft_loss(model, pack(rng.sample(examples, min(batch_size, len(examples))), device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if log is not None:
+            log.write(json.dumps({"step": step, "loss": losses[-1], "lr": sched.get_last_lr()[0]}) + "\n")
+    return losses
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="jsonl of {prompt, completion}")
+    ap.add_argument("--out", required=True, help="output model folder (HF format)")
+    ap.add_argument("--model", help="start from this HF folder")
+    ap.add_argument("--new-model", help="or a fresh model, e.g. d128-l4 (needs --tokenizer)")
+    ap.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if bool(args.model) == bool(args.new_model):
+        ap.error("give exactly one of --model and --new-model")
+    tok = load_tokenizer(args.tokenizer or args.model)
+    model = load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)
+    with open(args.data) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise SystemExit(f"{args.data}: no rows")
+    examples = tokenize_pairs([(r["prompt"], r["completion"]) for r in rows], tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps")
+    t0 = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "sft_log.jsonl"), "w") as log:
+        losses = train(model, examples, args.steps, args.batch_size, args.lr, args.seed, log=log)
+    save_model(model, args.out, tok)
+    print(json.dumps({"final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()

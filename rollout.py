@@ -1,0 +1,134 @@
+"""Sample a checkpoint on a data set, score it, write jsonl + a JSON summary.
+
+    python rollout.py --model DIR --data FILE --n 4 --temperature 1.0 --max-new-tokens 256 --out OUT.jsonl
+
+DIR is any Hugging Face Qwen2 / Qwen3 folder with a tokenizer. Each FILE row needs a
+`prompt` (a string is used as is; chat messages go through the tokenizer's template).
+Output rows keep their input fields and add `response` and `response_ids`; rows with a
+ground truth are scored:
+  * policy rows (`reward_model.ground_truth` an answer): `correct`, and `flawed` where
+    known (the toy world's oracle; a GenRM with --genrm). Summary: accuracy, avg@n,
+    unbiased pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct.
+  * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
+    a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
+    ProcessBench F1 (FAPO_SPEC 4), per sample and with a majority vote over the n samples.
+The last line printed is the JSON summary, with gen_tokens and gen_seconds (model
+loading excluded) so throughput compares with other engines.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from fapo_mini import genrm, toyworld
+from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
+from fapo_mini.model import load_model, load_tokenizer
+from fapo_mini.sampler import Sampler, SamplingParams
+from fapo_mini.verify import is_correct
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k)."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def score_policy(rows, n, detector=None):
+    """Adds `correct` / `flawed` to rows (n per prompt, in order); returns summary metrics."""
+    for r in rows:
+        r["correct"] = is_correct(r, r["response"])
+        if r.get("data_source") == "toyworld" and r["correct"]:
+            r["flawed"] = toyworld.first_error(r["prompt"], r["response"]) != -1
+    pos = [r for r in rows if r["correct"]]
+    out = {"accuracy": sum(r["correct"] for r in rows) / len(rows), f"avg@{n}": sum(r["correct"] for r in rows) / len(rows)}
+    per_prompt = [sum(r["correct"] for r in rows[i:i + n]) for i in range(0, len(rows), n)]
+    k = 1
+    while k <= n:
+        out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_prompt) / len(per_prompt)
+        k *= 2
+    if pos and all("flawed" in r for r in pos):
+        out["fp_ratio"] = sum(r["flawed"] for r in pos) / len(pos)
+    if detector is not None and pos:
+        flags, invalid = detector(pos, [r["response"] for r in pos])
+        for r, f in zip(pos, flags):
+            r["flawed_genrm"] = f
+        out["fp_ratio_genrm"], out["genrm_invalid"] = sum(flags) / len(pos), invalid / len(pos)
+    return out
+
+
+def score_critic(rows, n):
+    """Rows of a GenRM run (n per critic prompt): verdicts and FAPO_SPEC 4 benchmarks."""
+    for r in rows:
+        r["verdict"] = genrm.parse_verdict(r["response"], r["extra_info"]["total_steps"])
+    labels = [int(get_field(r, "reward_model.ground_truth")) for r in rows]
+    out = {"valid": sum(r["verdict"] is not None for r in rows) / len(rows)}
+    out.update({f"fp_{k}": v for k, v in genrm.flawed_positive_metrics([r["verdict"] for r in rows], labels).items()})
+    out.update({f"pb_{k}": v for k, v in genrm.processbench_f1([r["verdict"] for r in rows], labels).items()})
+    if n > 1:
+        votes = [genrm.majority_vote([r["verdict"] for r in rows[i:i + n]]) for i in range(0, len(rows), n)]
+        out["maj_fp_f1"] = genrm.flawed_positive_metrics(votes, labels[::n])["f1"]
+        out["maj_pb_f1"] = genrm.processbench_f1(votes, labels[::n])["f1"]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="HF Qwen2 / Qwen3 folder with a tokenizer")
+    ap.add_argument("--data", required=True, help="jsonl / parquet / hub name; rows need `prompt`")
+    ap.add_argument("--out", required=True, help="output jsonl")
+    ap.add_argument("--n", type=int, default=1, help="samples per prompt")
+    ap.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=64, help="prompts per sampler call")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
+    ap.add_argument("--genrm", help="GenRM folder: also judge correct policy rollouts with it")
+    ap.add_argument("--no-score", action="store_true", help="generate only")
+    ap.add_argument("--trust-remote-code", action="store_true")
+    args = ap.parse_args()
+
+    rows = load_rows(args.data)[:args.limit or None]
+    validate_rows(rows, args.data, fields=("prompt",))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(args.model, args.trust_remote_code)
+    sampler = Sampler(load_model(args.model, device).eval(), tok)
+    params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed)
+    prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    t0, samples = time.time(), []
+    with tqdm(total=len(prompts), desc="rollout", unit="prompt") as bar:
+        for s in range(0, len(prompts), args.batch_size):
+            for smp in sampler.generate(prompts[s:s + args.batch_size], params, generator=gen):
+                smp.prompt_index += s
+                samples.append(smp)
+            bar.update(len(prompts[s:s + args.batch_size]))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    summary = {"gen_seconds": time.time() - t0, "gen_tokens": sum(len(s.token_ids) for s in samples),
+               "prompts": len(prompts), "n": args.n}
+    summary["tokens_per_s"] = summary["gen_tokens"] / summary["gen_seconds"]
+
+    out_rows = [dict(rows[s.prompt_index], response=s.text, response_ids=s.token_ids, finish_reason=s.finish_reason)
+                for s in samples]
+    has_gt = all(get_field(r, "reward_model.ground_truth") is not None for r in rows)
+    if has_gt and not args.no_score:
+        if all(get_field(r, "extra_info.total_steps") is not None for r in rows):
+            summary.update(score_critic(out_rows, args.n))
+        else:
+            detector = genrm.FlawDetector(args.genrm, device) if args.genrm else None
+            summary.update(score_policy(out_rows, args.n, detector))
+    with open(args.out, "w") as f:
+        for r in out_rows:
+            f.write(json.dumps(r) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

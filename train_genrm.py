@@ -1,0 +1,45 @@
+"""RL for the GenRM: GRPO on critic rows with FAPO's step-wise reward, one process or torchrun.
+
+    python train_genrm.py --model DIR --data critic.jsonl --out runs/genrm
+    torchrun --nproc_per_node=8 train_genrm.py --model Qwen3-4B-Instruct-2507 --data dyyyyyyyy/FAPO-Critic ...
+
+Rows are verl-format critic rows (FAPO-Critic, or the toy world's critic set): `prompt`
+(the critic prompt; chat messages go through the chat template), `reward_model.ground_truth`
+= the first wrong step (-1 for none), `extra_info.total_steps`. Each critique is scored:
+  --reward step     R_outcome + R_process (FAPO_SPEC 2, the paper's reward), default
+  --reward outcome  +1 / -1 on the flawed-or-clean decision only (the ablation)
+The loop (sampling, advantages, PPO update, DDP, checkpoints) is fapo_mini/rl.py, shared
+with train_policy.py; only the reward differs.
+"""
+import argparse
+
+import torch
+
+from fapo_mini import genrm, rl
+
+
+def main():
+    ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (FAPO_SPEC 2)")
+    args = ap.parse_args()
+
+    def reward_fn(rows, samples):
+        rewards, valid, exact, decided = [], 0, 0, 0
+        for s in samples:
+            row = rows[s.prompt_index]
+            label, n_steps = int(row["reward_model"]["ground_truth"]), int(row["extra_info"]["total_steps"])
+            pred = genrm.parse_verdict(s.text, n_steps)
+            rewards.append(genrm.step_reward(pred, label, n_steps) if args.reward == "step"
+                           else genrm.outcome_reward(pred, label))
+            valid += pred is not None
+            exact += pred == label
+            decided += pred is not None and (pred == genrm.NO_ERROR) == (label == genrm.NO_ERROR)
+        n = len(samples)
+        counts = {"valid": (valid, n), "exact": (exact, n), "decision_acc": (decided, n)}
+        return torch.tensor(rewards), counts
+
+    rl.train(args, reward_fn, fields=("prompt", "reward_model.ground_truth", "extra_info.total_steps"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""RL for the policy: GRPO (--lam 0) or FAPO (--lam 1), one process or DDP under torchrun.
+
+    python train_policy.py --model DIR --data train.jsonl --out runs/fapo --judge genrm --genrm GENRM_DIR
+    torchrun --nproc_per_node=8 train_policy.py ...        # one node, DDP (nccl on GPU, gloo on CPU)
+
+One step (FAPO_SPEC 3; the loop itself is fapo_mini/rl.py, shared with train_genrm.py):
+  1. each rank samples n rollouts for its shard of prompts with the live policy;
+  2. outcome: +1 if the final answer is right, -1 if not (fapo_mini/verify.py);
+  3. only the CORRECT rollouts go to the judge, which says whether each is flawed:
+       --judge genrm   the GenRM (the paper's method)
+       --judge oracle  the toy world's exact step checker (an upper bound)
+       --judge none    nobody: plain GRPO rewards (flawed positives are still measured);
+  4. r = outcome - lam * flawed (FAPO), group advantages, PPO-clip update.
+On toy-world data the oracle's flawed-positive ratio is always logged (`fp_ratio`), whatever
+the judge; `judge_fp_ratio` is the judge's own view.
+"""
+import argparse
+
+import torch
+
+from fapo_mini import grpo, rl, toyworld
+from fapo_mini.genrm import FlawDetector
+from fapo_mini.verify import is_correct
+
+
+def main():
+    ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    g = ap.add_argument_group("FAPO reward")
+    g.add_argument("--lam", type=float, default=1.0, help="penalty for a flawed positive (0 = GRPO)")
+    g.add_argument("--judge", choices=("genrm", "oracle", "none"), default="genrm")
+    g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; also measures with --judge none)")
+    g.add_argument("--genrm-max-new-tokens", type=int, default=256)
+    g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
+    args = ap.parse_args()
+    if args.judge == "genrm" and not args.genrm:
+        ap.error("--judge genrm needs --genrm DIR")
+
+    detector = None
+    if args.genrm:
+        from fapo_mini.dist import setup
+        detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
+                                trust_remote_code=args.trust_remote_code)
+
+    def reward_fn(rows, samples):
+        n = len(samples)
+        row_of = [rows[s.prompt_index] for s in samples]
+        correct = [is_correct(r, s.text) for r, s in zip(row_of, samples)]
+        pos = [i for i in range(n) if correct[i]]
+        counts = {"accuracy": (len(pos), n)}
+        oracle = None
+        if all(r.get("data_source") == "toyworld" for r in row_of):
+            oracle = [toyworld.first_error(row_of[i]["prompt"], samples[i].text) != -1 for i in pos]
+            counts["fp_ratio"] = (sum(oracle), len(pos))
+        judged = [False] * len(pos)
+        if detector is not None and args.judge in ("genrm", "none"):
+            judged, n_invalid = detector([row_of[i] for i in pos], [samples[i].text for i in pos])
+            counts["judge_fp_ratio"] = (sum(judged), len(pos))
+            counts["judge_invalid"] = (n_invalid, len(pos))
+        if args.judge == "oracle":
+            if oracle is None:
+                raise SystemExit("--judge oracle needs toy-world data (data_source 'toyworld')")
+            judged = oracle
+        flawed = torch.zeros(n, dtype=torch.bool)
+        if args.judge != "none" and pos:
+            flawed[pos] = torch.tensor(judged, dtype=torch.bool)
+        return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
+
+    rl.train(args, reward_fn)
+
+
+if __name__ == "__main__":
+    main()
