@@ -123,14 +123,16 @@ def ppo_update(model, optimizer, scheduler, ro: Rollouts, cfg: UpdateConfig, wor
         for k, mi in enumerate(micros):
             b = pack(ro, mi, device)
             sync = k == len(micros) - 1 or not hasattr(model, "no_sync")
-            with (nullcontext() if sync else model.no_sync()), ac:
-                logp, ent = response_logprobs(model, b, cfg.temperature, with_entropy=True)
-                per_tok, st = grpo.clipped_loss(logp, b["old"], b["adv"], cfg.clip_low, cfg.clip_high, cfg.dual_clip)
-                if ref_model is not None:
-                    with torch.no_grad():
-                        ref = response_logprobs(ref_model, b, cfg.temperature)
-                    per_tok = per_tok + cfg.kl_coef * grpo.kl_k3(logp, ref)   # k3 KL penalty in the loss
-                loss = grpo.aggregate(per_tok, b["seq"], cfg.loss_agg, denom, cfg.max_response) * world_size
+            with nullcontext() if sync else model.no_sync():                 # only the last micro-batch syncs
+                with ac:
+                    logp, ent = response_logprobs(model, b, cfg.temperature, with_entropy=True)
+                    per_tok, st = grpo.clipped_loss(logp, b["old"], b["adv"], cfg.clip_low, cfg.clip_high,
+                                                    cfg.dual_clip)
+                    if ref_model is not None:
+                        with torch.no_grad():
+                            ref = response_logprobs(ref_model, b, cfg.temperature)
+                        per_tok = per_tok + cfg.kl_coef * grpo.kl_k3(logp, ref)   # k3 KL penalty in the loss
+                    loss = grpo.aggregate(per_tok, b["seq"], cfg.loss_agg, denom, cfg.max_response) * world_size
                 loss.backward()
             d = (logp.detach() - b["old"])
             sums += torch.stack([st["clipped"].sum(), grpo.kl_k3(b["old"], logp.detach()).sum(), ent.sum(),
