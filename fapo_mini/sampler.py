@@ -61,7 +61,7 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
-        mass_before = probs.cumsum(-1) - probs                                # (B, V)
+        mass_before = torch.nn.functional.pad(probs.cumsum(-1)[:, :-1], (1, 0))   # (B, V) exclusive cumsum
         drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

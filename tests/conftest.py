@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random Qwen2 / Qwen3 checkpoints and a byte-level tokenizer.
+
+Why this file exists: the model, attention and sampler tests check our code against
+transformers, so they need real Hugging Face checkpoint folders. We make them here with
+transformers' own `save_pretrained` (nothing is downloaded), once per test session:
+
+  qwen2_dir  Qwen2Config: q/k/v bias, untied head, GQA (4 query heads, 2 KV heads), head_dim 16
+  qwen3_dir  Qwen3Config: QK-norm, tied head, GQA, explicit head_dim 32 (!= hidden / heads)
+
+Every parameter is redrawn with a large spread (biases and norm weights included: their
+defaults, 0 and 1, would hide a missing bias or a skipped norm) so that greedy outputs
+are not one repeated token. The tokenizer has one token per byte plus <|endoftext|> (id
+256, the EOS), so any text round-trips and token i < 256 is byte i.
+"""
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+EOS = 256
+VOCAB = 257
+
+# Tiny matrices: one thread is fastest, and it does not collapse when other processes
+# share the cores (two spinning OpenMP threads on a busy 2-core machine run ~10x slower).
+torch.set_num_threads(1)
+
+
+def bytes_to_unicode():
+    """GPT-2's byte -> printable character table, the alphabet of ByteLevel pre-tokenizers."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def make_byte_tokenizer():
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}                   # token id == byte value
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])                                 # id 256
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def tiny_config(kind, **overrides):
+    common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, eos_token_id=EOS, bos_token_id=None,
+                  pad_token_id=EOS, initializer_range=0.3)
+    if kind == "qwen2":
+        return Qwen2Config(**{**common, "tie_word_embeddings": False, **overrides})
+    return Qwen3Config(**{**common, "head_dim": 32, "tie_word_embeddings": True, **overrides})
+
+
+def make_hf_model(kind, seed=0, **overrides):
+    """A random transformers model; weights and biases ~ N(0, 0.3), norm weights ~ 1 + N(0, 0.3)."""
+    torch.manual_seed(seed)
+    cfg = tiny_config(kind, **overrides)
+    model = (Qwen2ForCausalLM if kind == "qwen2" else Qwen3ForCausalLM)(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer():
+    return make_byte_tokenizer()
+
+
+def _checkpoint(tmp_path_factory, kind):
+    folder = tmp_path_factory.mktemp(kind)
+    make_hf_model(kind).save_pretrained(folder)
+    make_byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory):
+    return _checkpoint(tmp_path_factory, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory):
+    return _checkpoint(tmp_path_factory, "qwen3")
+
+
+@pytest.fixture(params=["qwen2", "qwen3"])
+def ckpt_dir(request):
+    """Both checkpoint kinds, one after the other."""
+    return request.getfixturevalue(f"{request.param}_dir")
