@@ -38,8 +38,11 @@ def main():
     detector = None
     if args.genrm:
         from fapo_mini.dist import setup
-        detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                trust_remote_code=args.trust_remote_code)
+        try:
+            detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
+                                    trust_remote_code=args.trust_remote_code)
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
 
     def reward_fn(rows, samples):
         n = len(samples)

@@ -19,7 +19,6 @@ import json
 import re
 from pathlib import Path
 
-import datasets
 import numpy as np
 
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -48,6 +47,8 @@ def load_rows(source: str | Path, split: str = "train") -> list[dict]:
     `split` is used for hub names only (a file is one split). A name is taken
     for a hub data set only when no such path exists and it is not a file name.
     """
+    import datasets  # about 1 s to import: only here, where a parquet / json / hub set needs it
+
     path = Path(source)
     if path.exists():
         if path.suffix == ".jsonl":

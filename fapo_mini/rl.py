@@ -15,12 +15,14 @@ so each rank multiplies its loss by world_size to turn DDP's average back into a
 """
 import json
 import math
+import random
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -208,33 +210,38 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
     Resumes from the newest checkpoint in --out unless --fresh."""
     info = dist.setup()
     out = Path(args.out)
-    rows = load_rows(args.data)
-    validate_rows(rows, args.data, fields)
-    if len(rows) < args.prompts_per_step or args.prompts_per_step % info.world_size:
-        raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
-                         f"multiple of {info.world_size} ranks")
-    tok = load_tokenizer(args.model, args.trust_remote_code)
-    config = dict(vars(args))
-    if args.fresh and info.is_main and (out / "ckpt").exists():
-        shutil.rmtree(out / "ckpt")                            # else old, higher steps would win on resume
-    dist.barrier()
-    ckpt = None if args.fresh else latest_checkpoint(out, info.world_size)
-    model = load_model(ckpt / "model" if ckpt else args.model, info.device)
-    model.gradient_checkpointing = args.grad_checkpointing
-    ref_model = load_model(args.model, info.device).eval() if args.kl_coef > 0 else None
-    opt, sched = make_optimizer(model, args.lr, args.warmup, args.weight_decay)
-    gen = torch.Generator(device=info.device).manual_seed(args.seed * 1000 + info.rank)
-    torch.manual_seed(args.seed * 1000 + info.rank)
-    metrics_path, start = out / "metrics.jsonl", 0
-    if ckpt is not None:
-        state, rank_state = load_state(ckpt, info.rank)
-        check_config(state["config"], config, ignore=RESUMABLE)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        set_rng_state(rank_state["rng"])
-        gen.set_state(rank_state["sampler_rng"])
-        start = state["step"]
-        dist.print0(f"resuming from {ckpt} at step {start}")
+    try:  # bad data, model folder, checkpoint or flags: end with the message, not a traceback
+        rows = load_rows(args.data)
+        validate_rows(rows, args.data, fields)
+        if len(rows) < args.prompts_per_step or args.prompts_per_step % info.world_size:
+            raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
+                             f"multiple of {info.world_size} ranks")
+        tok = load_tokenizer(args.model, args.trust_remote_code)
+        config = dict(vars(args))
+        if args.fresh and info.is_main and (out / "ckpt").exists():
+            shutil.rmtree(out / "ckpt")                            # else old, higher steps would win on resume
+        dist.barrier()
+        ckpt = None if args.fresh else latest_checkpoint(out, info.world_size)
+        model = load_model(ckpt / "model" if ckpt else args.model, info.device)
+        model.gradient_checkpointing = args.grad_checkpointing
+        ref_model = load_model(args.model, info.device).eval() if args.kl_coef > 0 else None
+        opt, sched = make_optimizer(model, args.lr, args.warmup, args.weight_decay)
+        gen = torch.Generator(device=info.device).manual_seed(args.seed * 1000 + info.rank)
+        torch.manual_seed(args.seed * 1000 + info.rank)
+        random.seed(args.seed * 1000 + info.rank)
+        np.random.seed(args.seed * 1000 + info.rank)
+        metrics_path, start = out / "metrics.jsonl", 0
+        if ckpt is not None:
+            state, rank_state = load_state(ckpt, info.rank)
+            check_config(state["config"], config, ignore=RESUMABLE)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(rank_state["rng"])
+            gen.set_state(rank_state["sampler_rng"])
+            start = state["step"]
+            dist.print0(f"resuming from {ckpt} at step {start}")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -273,7 +280,7 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
             try:
                 stats = ppo_update(ddp, opt, sched, ro, cfg, info.world_size, ref_model)
             except FloatingPointError as e:
-                raise SystemExit(f"step {step}: {e}; stopping, the last checkpoint is left as it was")
+                raise SystemExit(f"step {step + 1}: {e}; stopping, the last checkpoint is left as it was")
             t3 = time.time()
             groups = rewards.view(-1, args.group_size)
             counts.update(reward=(rewards.sum().item(), len(rewards)),
@@ -289,6 +296,8 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
             line = {"step": step + 1, **{k: tot[2 * i] / tot[2 * i + 1] if tot[2 * i + 1] else None for i, k in enumerate(keys)},
                     "response_len_max": mx.item(), **stats,
                     "time_sample": t1 - t0, "time_judge": t2 - t1, "time_train": t3 - t2}
+            if info.device.type == "cuda":                          # policy + GenRM + optimizer + activations
+                line["max_memory_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
             if info.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(line) + "\n")
