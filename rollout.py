@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -88,6 +89,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per sampler call")
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
     ap.add_argument("--genrm", help="GenRM folder: also judge correct policy rollouts with it")
+    ap.add_argument("--genrm-max-new-tokens", type=int, default=256, help="critique length cap (cut = not flawed)")
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--trust-remote-code", action="store_true")
     args = ap.parse_args()
@@ -122,8 +124,9 @@ def main():
         if all(get_field(r, "extra_info.total_steps") is not None for r in rows):
             summary.update(score_critic(out_rows, args.n))
         else:
-            detector = genrm.FlawDetector(args.genrm, device) if args.genrm else None
+            detector = genrm.FlawDetector(args.genrm, device, args.genrm_max_new_tokens) if args.genrm else None
             summary.update(score_policy(out_rows, args.n, detector))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for r in out_rows:
             f.write(json.dumps(r) + "\n")

@@ -286,12 +286,13 @@ class FlawDetector:
     A verdict that does not parse counts as NOT flawed (FAPO_SPEC 3) and is counted.
     """
 
-    def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False):
+    def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False, max_rows=256):
         import torch
         from fapo_mini.model import load_model, load_tokenizer
         from fapo_mini.sampler import Sampler, SamplingParams
         self.tok = load_tokenizer(model_dir, trust_remote_code)
-        self.sampler = Sampler(load_model(model_dir, device).eval(), self.tok)
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32   # inference only
+        self.sampler = Sampler(load_model(model_dir, device, dtype).eval(), self.tok, max_rows=max_rows)
         self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
         self.generator = torch.Generator(device=device).manual_seed(0)
 
@@ -300,7 +301,9 @@ class FlawDetector:
             from fapo_mini.toyworld import critic_prompt as toy_prompt
             return toy_prompt(row["prompt"], response)
         p = row["prompt"]
-        problem = p if isinstance(p, str) else [m for m in p if m["role"] == "user"][-1]["content"]
+        # the authors send the raw question (extra_info.question) when there is one, not the prompt with its suffix
+        problem = (row.get("extra_info") or {}).get("question") or (
+            p if isinstance(p, str) else [m for m in p if m["role"] == "user"][-1]["content"])
         text = policy_critic_prompt(problem, row["reward_model"]["ground_truth"], response)
         if getattr(self.tok, "chat_template", None):
             return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,

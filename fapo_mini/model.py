@@ -104,7 +104,7 @@ def rope_cos_sin(pos, head_dim, theta, dtype):
 def apply_rope(x, cos, sin):
     # RoPE (Su et al. 2021): x * cos + rotate_half(x) * sin
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
 class Attention(nn.Module):

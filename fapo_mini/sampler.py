@@ -184,8 +184,8 @@ class Sampler:
                 if not keep.any():
                     break
                 live, tok, seqlens = live[keep], tok[keep], seqlens[keep]
-                k_caches = [c[keep] for c in k_caches]
-                v_caches = [c[keep] for c in v_caches]
+                for i in range(len(k_caches)):  # one layer at a time: peak = cache + one layer's copy
+                    k_caches[i], v_caches[i] = k_caches[i][keep], v_caches[i][keep]
             with ac:
                 h = model.decode(tok, seqlens, k_caches, v_caches)            # (B_live, C)
                 logits = model.lm_head(h).float()
