@@ -62,13 +62,13 @@ stage genrm_sft $PY -m fapo_mini.sft --data "$OUT/genrm_data/sft_genrm.jsonl" --
 for reward in step outcome; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
-    --steps $GENRM_RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 96 --lr 1e-4 --warmup 2
+    --steps $GENRM_RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 200 --lr 1e-4 --warmup 2
 done
 GENRM="$OUT/genrm_rl_step/ckpt/$(ls "$OUT/genrm_rl_step/ckpt" | tail -1)/model"
 for name in sft:"$OUT/genrm_sft" rl_outcome:"$OUT/genrm_rl_outcome/ckpt/$(ls "$OUT/genrm_rl_outcome/ckpt" | tail -1)/model" \
             rl_step:"$GENRM"; do
   stage genrm_eval $PY rollout.py --model "${name#*:}" --data "$OUT/genrm_data/critic_test.jsonl" --n 1 \
-    --temperature 0 --max-new-tokens 96 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 > "$OUT/eval/genrm_${name%%:*}.json"
+    --temperature 0 --max-new-tokens 200 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 > "$OUT/eval/genrm_${name%%:*}.json"
 done
 
 # 5. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle (upper bound)
@@ -77,7 +77,7 @@ for seed in $(seq 1 $SEEDS); do
     stage rl_${arm%%:*} $TORCHRUN train_policy.py --model "$OUT/policy_sft" \
       --data "$OUT/data/train.jsonl" --out "$OUT/rl/${arm%%:*}_s$seed" ${arm#*:} --seed $seed \
       --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 --lr 2e-4 --warmup 2 \
-      --mini-batches 2 --genrm-max-new-tokens 96
+      --mini-batches 2 --genrm-max-new-tokens 200
   done
 done
 

@@ -238,23 +238,24 @@ def critic_prompt(prompt: str, solution: str) -> str:
 
 
 def teacher_critique(prompt: str, solution: str) -> str:
-    """The toy GenRM's target: copy each line, write the right one beside it, say ok / wrong,
-    stop at the first wrong one.
+    """The toy GenRM's target: per line, the written line's symbols, then the right line, then
+    ok / wrong; it stops at the first wrong line.
 
-    Copying line i next to the right line puts the two digits to compare a fixed distance
-    apart, and writing the right line carries the true values down the chain: a 4-layer
-    model cannot find the first error in one shot. (A first version without the copy, which
-    compared against the listing in the prompt, reached only 0.38 FP-F1 after warm start.)
+    Writing the right line carries the true values down the chain (a 4-layer model cannot
+    find the first error in one shot), and the copy puts the digits to compare a few tokens
+    apart. The copy drops `=` and the operator: when it was a verbatim equation, the warm
+    start (from the policy's weights) "corrected" the wrong digit while copying it and missed
+    most flaws (FP-F1 0.33; 0.38 with no copy at all).
 
     >>> print(teacher_critique("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"))
-    0:b=7+5=2 vs b=7+5=2 ok
-    1:c=2*3=5 vs c=2*3=6 wrong
+    0:b752 b=7+5=2 ok
+    1:c235 c=2*3=6 wrong
     \\boxed{1}
     """
     ref, err = parse_prompt(prompt).reference_lines(), first_error(prompt, solution)
-    written = solution_lines(solution)
+    written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
     last = len(ref) - 1 if err == -1 else err
-    lines = [f"{i}:{written[i] if i < len(written) else 'none'} vs {ref[i] if i < len(ref) else 'end'} "
+    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {ref[i] if i < len(ref) else 'end'} "
              f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
     return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
 

@@ -257,8 +257,8 @@ def test_teacher_critique_boxed_equals_first_error():
         else:
             assert verdicts == ["ok"] * err + ["wrong"]
     assert tw.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
-        "0:b=7+5=2 vs b=7+5=2 ok\n1:c=2*3=6 vs c=2*3=6 ok\n2:ans=6 vs ans=6 ok\n\\boxed{-1}")
-    assert tw.teacher_critique(P, "b=7+5=2\nans=6") == "0:b=7+5=2 vs b=7+5=2 ok\n1:ans=6 vs c=2*3=6 wrong\n\\boxed{1}"
+        "0:b752 b=7+5=2 ok\n1:c236 c=2*3=6 ok\n2:ans6 ans=6 ok\n\\boxed{-1}")
+    assert tw.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
 
 
 def test_rows():
