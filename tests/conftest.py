@@ -14,8 +14,9 @@ are not one repeated token. The tokenizer has one token per byte plus <|endoftex
 """
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from fapo_mini.toyworld import make_tokenizer
 
 EOS = 256
 VOCAB = 257
@@ -25,26 +26,9 @@ VOCAB = 257
 torch.set_num_threads(1)
 
 
-def bytes_to_unicode():
-    """GPT-2's byte -> printable character table, the alphabet of ByteLevel pre-tokenizers."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
-
-
 def make_byte_tokenizer():
-    vocab = {ch: b for b, ch in bytes_to_unicode().items()}                   # token id == byte value
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<|endoftext|>"])                                 # id 256
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    """The toy world's tokenizer: one token per byte, <|endoftext|> = 256 as EOS and pad."""
+    return make_tokenizer()
 
 
 def tiny_config(kind, **overrides):
