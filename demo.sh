@@ -32,7 +32,7 @@ TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"
 if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
 else
-  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=600; SFT_BATCH=128; GENRM_PROMPTS=4000; GENRM_SFT_STEPS=300; GENRM_RL_STEPS=20; RL_STEPS=40; PPS=16; N_EVAL=500; FILL=0
+  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=500; SFT_BATCH=128; GENRM_PROMPTS=2000; GENRM_SFT_STEPS=200; GENRM_RL_STEPS=20; RL_STEPS=30; PPS=16; N_EVAL=500; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
@@ -42,10 +42,10 @@ stage() {  # stage NAME command...: run it and record its wall time in OUT/times
   awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$OUT/times.tsv"
 }
 
-# 1. the world: policy rows (train / held-out test / longer-chain hard), sloppy-teacher traces, tokenizer
+# 1. the world: policy rows (train / held-out test / longer-chain hard), flawed-teacher traces, tokenizer
 stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT --n-test $N_EVAL --n-hard $N_EVAL
 
-# 2. policy warm start on the sloppy teacher (flawed positives arise on their own from here)
+# 2. policy warm start on the flawed teacher (flawed positives arise on their own from here)
 stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/policy_sft"
 

@@ -3,12 +3,14 @@
 Why this file exists: real math needs GPUs, a model hub and a GenRM that is itself a
 guess. Here a problem is a chain of k operations on digits mod 10, a solution writes
 one line per step, and `first_error` knows the first wrong line exactly. A tiny
-policy warm-started on a mix of clean, "jump" (skips the last steps, states the
-answer) and "sloppy" (one wrong intermediate digit, right answer) traces then
-produces flawed positives on its own, which is what FAPO is about.
+policy warm-started on a mix of clean traces and flawed ones that still end in
+the right answer ("jump": skips the last steps; "sloppy": one wrong intermediate
+digit; "badcheck": re-checks the last step after the answer and gets it wrong)
+then produces flawed positives on its own, which is what FAPO is about.
 
     prompt    a=7;b=a+5;c=b*3;?c\\n
     solution  b=7+5=2\\nc=2*3=6\\nans=6        (the tokenizer's EOS ends it)
+    checked   b=7+5=2\\nc=2*3=6\\nans=6\\nc=2*3=6   (one re-check of the last step may follow)
 
 What it simplifies away: natural language, answer normalisation (the answer is one
 digit), step splitting (a step is a line), and the long GenRM template (the toy
@@ -27,8 +29,13 @@ from dataclasses import dataclass
 OPS = [("+", c) for c in range(1, 10)] + [("-", c) for c in range(1, 10)] + [("*", c) for c in (3, 7, 9)]
 SPLIT_STEPS = {"train": (2, 6), "test": (2, 6), "hard": (7, 10)}  # inclusive ranges of k
 HELDOUT_SHARE = 0.2  # share of all prompts (by a stable hash) that train never sees
-STYLES = ("clean", "jump", "sloppy")
-DEFAULT_MIX = {"clean": 0.55, "jump": 0.30, "sloppy": 0.15}
+STYLES = ("clean", "checked", "jump", "sloppy", "badcheck")
+# Why badcheck: our 4-layer policy reasons faithfully (each line is computed from the lines
+# before it), so a wrong step it builds on costs it the answer: its own jumps are right about
+# 10% of the time, its sloppy traces 72% (16k warm-start samples), and outcome reward alone
+# removes them. The paper's flawed positives are the ones outcome reward cannot see; a wrong
+# re-check after the answer is such a flaw for this policy: nothing after it reads it.
+DEFAULT_MIX = {"clean": 0.35, "checked": 0.20, "jump": 0.15, "sloppy": 0.10, "badcheck": 0.20}
 EOS = "<|endoftext|>"
 _PROMPT_RE = re.compile(r"a=(\d)((?:;[a-z]=[a-z][-+*]\d)+);\?([a-z])\n?")
 _STEP_RE = re.compile(r";([a-z])=([a-z])([-+*])(\d)")
@@ -143,18 +150,22 @@ def first_error(prompt: str, solution: str) -> int:
     previous value, its operator and constant are the prompt's, and its result is the
     true value; the ans line is right iff it comes after all k steps and holds the true
     answer. With one digit per value that is exactly "line i equals reference line i",
-    which is how it is computed. A line after the ans line, or a garbage line, is wrong
-    where it stands; a solution that stops early is wrong at its first missing line
-    (index len(lines): 0 for an empty solution).
+    which is how it is computed. After the ans line, one re-check of the last step is
+    allowed, right iff it equals that step's reference line; any other line after the
+    ans line, or a garbage line, is wrong where it stands. A solution that stops early
+    is wrong at its first missing line (index len(lines): 0 for an empty solution).
 
     >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6")
     1
+    >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=6\\nans=6\\nc=2*3=5")
+    3
     """
     ref, lines = parse_prompt(prompt).reference_lines(), solution_lines(solution)
+    allowed = ref + ref[-2:-1]  # the steps, ans, then the optional re-check of the last step
     for i, line in enumerate(lines):
         if i == len(ref) - 1 and line.startswith("ans="):
             line = "ans=" + line[4:].strip()  # read the value as extract_answer does
-        if i >= len(ref) or line != ref[i]:
+        if i >= len(allowed) or line != allowed[i]:
             return i
     return len(lines) if len(lines) < len(ref) else -1
 
@@ -174,9 +185,12 @@ def is_correct(solution: str, ground_truth) -> bool:
 # teacher traces for the supervised warm start
 
 def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | None = None, max_jump: int = 2) -> str:
-    """A solution in one of STYLES; all three end with the right answer.
+    """A solution in one of STYLES; all of them end with the right answer.
 
     clean:  every step, then ans.                                       first_error -1
+    checked:  clean, then the last step again (a right re-check).       first_error -1
+    badcheck: clean, then the last step again with a wrong result digit;
+              nothing reads it, the answer stands, the process is flawed. first_error k + 1
     jump:   all steps but the last j (j = `jump`, else rng in 1..min(max_jump, k)),
             then ans; the answer is not supported by the written steps.  first_error k - j
     sloppy: step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
@@ -184,8 +198,11 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
     """
     p = parse_prompt(prompt)
     ref, k = p.reference_lines(), p.steps
-    if style == "clean":
-        return "\n".join(ref)
+    if style in ("clean", "checked", "badcheck"):
+        check = ref[-2]
+        if style == "badcheck":
+            check = check[:-1] + rng.choice([d for d in "0123456789" if d != check[-1]])
+        return "\n".join(ref + ([check] if style != "clean" else []))
     if style == "jump":
         j = rng.randint(1, min(max_jump, k)) if jump is None else jump
         if not 1 <= j <= k:
@@ -254,8 +271,9 @@ def teacher_critique(prompt: str, solution: str) -> str:
     """
     ref, err = parse_prompt(prompt).reference_lines(), first_error(prompt, solution)
     written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
-    last = len(ref) - 1 if err == -1 else err
-    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {ref[i] if i < len(ref) else 'end'} "
+    allowed = ref + ref[-2:-1]  # as in first_error: the steps, ans, an optional re-check
+    last = len(written) - 1 if err == -1 else err
+    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
              f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
     return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
 
@@ -335,7 +353,7 @@ def world_cmd(args):
         print(f"{split}: {n} rows")
     sft = sft_mixture(generate(args.n_sft, args.seed + 1, "train"), rng=random.Random(args.seed))
     write_jsonl(os.path.join(args.out, "sft_policy.jsonl"), [{"prompt": p, "completion": c} for p, c in sft])
-    print(f"sft_policy: {len(sft)} sloppy-teacher traces; tokenizer -> {args.out}/tokenizer")
+    print(f"sft_policy: {len(sft)} flawed-teacher traces; tokenizer -> {args.out}/tokenizer")
 
 
 def critic_cmd(args):
@@ -369,7 +387,7 @@ def critic_cmd(args):
 def main():
     ap = argparse.ArgumentParser(description="The toy world's data: policy rows, warm-start traces, GenRM rows.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("world", help="policy rows (train/test/hard.jsonl), sloppy-teacher traces, tokenizer")
+    w = sub.add_parser("world", help="policy rows (train/test/hard.jsonl), flawed-teacher traces, tokenizer")
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
     w.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")

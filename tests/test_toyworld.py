@@ -42,8 +42,12 @@ def ref_first_error(prompt, solution):
         a = re.fullmatch(r"ans=\s*(\d)\s*", line)  # the value as extract_answer reads it
         if a and i == k and int(a.group(1)) == vals[-1]:
             continue
-        return i  # ans too early (skipped steps), wrong value, after the ans line, or malformed
-    return -1 if len(lines) == k + 1 else len(lines)
+        # one re-check of the last step right after the ans line: "c=2*3=6" again
+        if m and i == k + 1 and k and (m.group(1), m.group(3), int(m.group(4))) == ops[k - 1] \
+                and (int(m.group(2)), int(m.group(5))) == (vals[k - 1], vals[k]):
+            continue
+        return i  # ans too early (skipped steps), wrong value, a bad line after ans, or malformed
+    return -1 if len(lines) in (k + 1, k + 2) else len(lines)
 
 
 def random_trace(rng, prompt):
@@ -90,6 +94,10 @@ def random_trace(rng, prompt):
     ("b=7+5=2\nc=2*3=6\nans=5", 2),                 # wrong answer line
     ("b=7+5=2\nc=2*3=6\nans= 6", -1),              # spaces around the value: is_correct agrees
     ("b=7+5=2\nc=2*3=6\nans=6\nans=6", 3),          # a line after the ans line
+    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6", -1),       # a right re-check of the last step
+    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5", 3),        # badcheck: a wrong re-check, the answer stands
+    ("b=7+5=2\nc=2*3=6\nans=6\nb=7+5=2", 3),        # a re-check of another step is not allowed
+    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6\nc=2*3=6", 4),  # only one re-check
     ("b=7+5=2\nc = 2*3 = 6\nans=6", 1),             # malformed line
     ("b=7+5=2\nhello\nans=6", 1),                   # garbage line
     ("b=7+5=2\n\nc=2*3=6\nans=6", 1),               # blank line inside
@@ -166,6 +174,12 @@ def test_teacher_styles_by_the_oracle():
         assert tw.first_error(p.prompt, sloppy) == wrong[0] and tw.is_correct(sloppy, vals[-1])
         assert all(int(lines[i][2]) == vals[i] for i in range(k))  # left operands are the true values
 
+        checked = tw.teacher_solution(p.prompt, "checked", rng)
+        assert checked == clean + "\n" + clean.split("\n")[-2] and ref_first_error(p.prompt, checked) == -1
+        bad = tw.teacher_solution(p.prompt, "badcheck", rng)
+        assert bad.split("\n")[:-1] == clean.split("\n") and int(bad[-1]) != vals[-1]  # wrong result digit
+        assert bad[:-1] == checked[:-1] and tw.first_error(p.prompt, bad) == k + 1 and tw.is_correct(bad, vals[-1])
+
         for j in range(1, k + 1):
             jump = tw.teacher_solution(p.prompt, "jump", rng, jump=j)
             assert len(jump.split("\n")) == k - j + 1
@@ -191,11 +205,12 @@ def test_sft_mixture_weights_and_determinism():
     probs = tw.generate(3000, 0, "train")
     pairs = tw.sft_mixture(probs, None, random.Random(5))
     assert pairs == tw.sft_mixture([p.prompt for p in probs], tw.DEFAULT_MIX, random.Random(5))
-    counts = {"clean": 0, "jump": 0, "sloppy": 0}
+    counts = dict.fromkeys(tw.STYLES, 0)
     for (prompt, sol), p in zip(pairs, probs):
         assert prompt == p.prompt and tw.is_correct(sol, p.answer)
-        e = tw.first_error(prompt, sol)
-        counts["clean" if e == -1 else "jump" if sol.split("\n")[e].startswith("ans=") else "sloppy"] += 1
+        e, lines = tw.first_error(prompt, sol), sol.split("\n")
+        counts["checked" if e == -1 and len(lines) == p.steps + 2 else "clean" if e == -1 else
+               "badcheck" if e == p.steps + 1 else "jump" if lines[e].startswith("ans=") else "sloppy"] += 1
     for style, w in tw.DEFAULT_MIX.items():  # binomial sd <= 0.009 at n=3000
         assert abs(counts[style] / len(probs) - w) < 0.04, counts
     only_jump = tw.sft_mixture(probs[:50], {"jump": 1.0}, random.Random(0))
@@ -252,13 +267,16 @@ def test_teacher_critique_boxed_equals_first_error():
         assert boxed and int(boxed[-1]) == err, (p, s, crit)
         lines = crit.split("\n")[:-1]
         verdicts = [l.rsplit(" ", 1)[1] for l in lines]
-        if err == -1:
-            assert verdicts == ["ok"] * len(ref_values(p)[0])  # k steps + the ans line
+        if err == -1:  # k steps + the ans line (+ the re-check)
+            assert verdicts == ["ok"] * len(s.strip().split("\n"))
+            assert len(verdicts) in (len(ref_values(p)[0]), len(ref_values(p)[0]) + 1)
         else:
             assert verdicts == ["ok"] * err + ["wrong"]
     assert tw.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
         "0:b752 b=7+5=2 ok\n1:c236 c=2*3=6 ok\n2:ans6 ans=6 ok\n\\boxed{-1}")
     assert tw.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
+    assert tw.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5").endswith(
+        "2:ans6 ans=6 ok\n3:c235 c=2*3=6 wrong\n\\boxed{3}")
 
 
 def test_rows():
