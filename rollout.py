@@ -8,7 +8,8 @@ Output rows keep their input fields and add `response` and `response_ids`; rows 
 ground truth are scored:
   * policy rows (`reward_model.ground_truth` an answer): `correct`, and `flawed` where
     known (the toy world's oracle; a GenRM with --genrm). Summary: accuracy, avg@n,
-    unbiased pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct.
+    unbiased pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct; on
+    the toy world, `kinds`: [correct, total] per kind of solution (toyworld.flaw_kind).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
     ProcessBench F1 (FAPO_SPEC 4), per sample and with a majority vote over the n samples.
@@ -51,6 +52,10 @@ def score_policy(rows, n, detector=None):
         k *= 2
     if pos and all("flawed" in r for r in pos):
         out["fp_ratio"] = sum(r["flawed"] for r in pos) / len(pos)
+    if rows and all(r.get("data_source") == "toyworld" for r in rows):  # [correct, total] per kind
+        kinds = [toyworld.flaw_kind(r["prompt"], r["response"]) for r in rows]
+        out["kinds"] = {kd: [sum(r["correct"] for r, x in zip(rows, kinds) if x == kd), kinds.count(kd)]
+                        for kd in toyworld.KINDS if kd in kinds}
     if detector is not None and pos:
         flags, invalid = detector(pos, [r["response"] for r in pos])
         for r, f in zip(pos, flags):

@@ -170,6 +170,28 @@ def first_error(prompt: str, solution: str) -> int:
     return len(lines) if len(lines) < len(ref) else -1
 
 
+KINDS = ("clean", "checked", "jump", "wrong_step", "wrong_answer", "after_answer", "stopped")
+
+
+def flaw_kind(prompt: str, solution: str) -> str:
+    """Which kind of solution this is, by where `first_error` puts its first wrong line.
+
+    clean / checked: no wrong line (checked: with the re-check). jump: the ans line comes
+    before all k steps. wrong_step: a step line is wrong. wrong_answer: the ans line holds
+    a wrong value. after_answer: a wrong line after a right ans line (a wrong re-check,
+    the badcheck style). stopped: the solution ends before its ans line.
+    """
+    k, lines = parse_prompt(prompt).steps, solution_lines(solution)
+    err = first_error(prompt, solution)
+    if err == -1:
+        return "checked" if len(lines) == k + 2 else "clean"
+    if err == len(lines):
+        return "stopped"
+    if err < k:
+        return "jump" if lines[err].startswith("ans=") else "wrong_step"
+    return "wrong_answer" if err == k else "after_answer"
+
+
 def extract_answer(solution: str) -> str | None:
     """The value on the last `ans=` line, or None when there is none."""
     found = re.findall(r"^ans=(.*)$", solution, flags=re.M)
