@@ -37,7 +37,7 @@ def collect(out: Path) -> dict:
         elif m:
             arm, seed, split = m.group(1), int(m.group(2)), m.group(3)
             a = res["arms"].setdefault(arm, {"per_seed": {}})
-            a["per_seed"].setdefault(seed, {})[split] = {k: summary.get(k) for k in ("accuracy", "fp_ratio", "pass@1")}
+            a["per_seed"].setdefault(seed, {})[split] = {k: summary.get(k) for k in ("accuracy", "fp_ratio", "pass@1", "kinds")}
     for arm, a in res["arms"].items():
         seeds = sorted(a["per_seed"])
         for split, prefix in (("test", ""), ("hard", "hard_")):

@@ -35,6 +35,9 @@ def test_demo_quick(tmp_path):
             # the flawed-positive ratio is flawed / correct: undefined only when nothing is correct
             assert (a[prefix + "fp_ratio"] is None) == (summary["accuracy"] == 0)
             assert a[prefix + "fp_ratio"] is None or math.isfinite(a[prefix + "fp_ratio"])
+            kinds = a["per_seed"]["1"][split]["kinds"]  # [correct, total] per kind of solution
+            assert kinds == summary["kinds"] and sum(t for _, t in kinds.values()) == 40  # N_EVAL rows, n 1
+            assert sum(c for c, _ in kinds.values()) == round(40 * summary["accuracy"])
         assert a["per_seed_accuracy"] == [a["accuracy"]]
         lines = (out / "rl" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
