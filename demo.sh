@@ -30,9 +30,9 @@ TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"
 
 # sizes: the full run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
-  N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
+  N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32; GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
 else
-  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=500; SFT_BATCH=128; GENRM_PROMPTS=2000; GENRM_SFT_STEPS=200; GENRM_RL_STEPS=20; RL_STEPS=30; PPS=16; N_EVAL=500; FILL=0
+  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=450; SFT_BATCH=128; GENRM_PROMPTS=2000; GENRM_SFT_STEPS=200; GENRM_BATCH=96; GENRM_RL_STEPS=15; RL_STEPS=30; PPS=16; N_EVAL=500; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
@@ -58,7 +58,7 @@ stage genrm_data $PY -m fapo_mini.toyworld critic --rollouts "$OUT/genrm_data/ro
 # 4. GenRM warm start (from the policy's weights: it already reads the world), then RL with the step-wise
 #    reward and, as the ablation, the outcome-only reward; same steps and seed
 stage genrm_sft $PY -m fapo_mini.sft --data "$OUT/genrm_data/sft_genrm.jsonl" --model "$OUT/policy_sft" \
-  --steps $GENRM_SFT_STEPS --batch-size $SFT_BATCH --lr 1e-3 --out "$OUT/genrm_sft"
+  --steps $GENRM_SFT_STEPS --batch-size $GENRM_BATCH --lr 1e-3 --out "$OUT/genrm_sft"
 for reward in step outcome; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
