@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -54,8 +55,8 @@ def score_policy(rows, n, detector=None):
         out["fp_ratio"] = sum(r["flawed"] for r in pos) / len(pos)
     if rows and all(r.get("data_source") == "toyworld" for r in rows):  # [correct, total] per kind
         kinds = [toyworld.flaw_kind(r["prompt"], r["response"]) for r in rows]
-        out["kinds"] = {kd: [sum(r["correct"] for r, x in zip(rows, kinds) if x == kd), kinds.count(kd)]
-                        for kd in toyworld.KINDS if kd in kinds}
+        total, right = Counter(kinds), Counter(kd for r, kd in zip(rows, kinds) if r["correct"])
+        out["kinds"] = {kd: [right[kd], total[kd]] for kd in toyworld.KINDS if total[kd]}
     if detector is not None and pos:
         flags, invalid = detector(pos, [r["response"] for r in pos])
         for r, f in zip(pos, flags):

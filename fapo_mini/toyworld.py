@@ -78,6 +78,11 @@ class Problem:
         lines = [f"{chr(ord('b') + i)}={vals[i]}{op}{c}={vals[i + 1]}" for i, (op, c) in enumerate(self.ops)]
         return lines + [f"ans={vals[-1]}"]
 
+    def allowed_lines(self) -> list[str]:
+        """reference_lines, then the one re-check a solution may add: the last step again."""
+        ref = self.reference_lines()
+        return ref + ref[-2:-1]
+
 
 def parse_prompt(prompt: str) -> Problem:
     """Read a Problem back from its prompt string (the pipeline passes strings, not objects)."""
@@ -160,14 +165,14 @@ def first_error(prompt: str, solution: str) -> int:
     >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=6\\nans=6\\nc=2*3=5")
     3
     """
-    ref, lines = parse_prompt(prompt).reference_lines(), solution_lines(solution)
-    allowed = ref + ref[-2:-1]  # the steps, ans, then the optional re-check of the last step
+    allowed, lines = parse_prompt(prompt).allowed_lines(), solution_lines(solution)
+    k = len(allowed) - 2  # steps; allowed[k] is the ans line
     for i, line in enumerate(lines):
-        if i == len(ref) - 1 and line.startswith("ans="):
+        if i == k and line.startswith("ans="):
             line = "ans=" + line[4:].strip()  # read the value as extract_answer does
         if i >= len(allowed) or line != allowed[i]:
             return i
-    return len(lines) if len(lines) < len(ref) else -1
+    return len(lines) if len(lines) <= k else -1
 
 
 KINDS = ("clean", "checked", "jump", "wrong_step", "wrong_answer", "after_answer", "stopped")
@@ -220,11 +225,13 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
     """
     p = parse_prompt(prompt)
     ref, k = p.reference_lines(), p.steps
-    if style in ("clean", "checked", "badcheck"):
-        check = ref[-2]
+    if style == "clean":
+        return "\n".join(ref)
+    if style in ("checked", "badcheck"):
+        check = p.allowed_lines()[-1]
         if style == "badcheck":
             check = check[:-1] + rng.choice([d for d in "0123456789" if d != check[-1]])
-        return "\n".join(ref + ([check] if style != "clean" else []))
+        return "\n".join(ref + [check])
     if style == "jump":
         j = rng.randint(1, min(max_jump, k)) if jump is None else jump
         if not 1 <= j <= k:
@@ -291,9 +298,8 @@ def teacher_critique(prompt: str, solution: str) -> str:
     1:c235 c=2*3=6 wrong
     \\boxed{1}
     """
-    ref, err = parse_prompt(prompt).reference_lines(), first_error(prompt, solution)
+    allowed, err = parse_prompt(prompt).allowed_lines(), first_error(prompt, solution)
     written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
-    allowed = ref + ref[-2:-1]  # as in first_error: the steps, ans, an optional re-check
     last = len(written) - 1 if err == -1 else err
     lines = [f"{i}:{written[i] if i < len(written) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
              f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
