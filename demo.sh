@@ -52,7 +52,7 @@ stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --toke
 # 3. GenRM data as the paper made it: sample the policy, keep correct rollouts, label by the oracle, balance
 stage genrm_data $PY rollout.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" --limit $GENRM_PROMPTS --n 4 \
   --temperature 1.0 --max-new-tokens 64 --out "$OUT/genrm_data/rollouts.jsonl"
-stage genrm_data $PY -m fapo_mini.toyworld critic --rollouts "$OUT/genrm_data/rollouts.jsonl" --out "$OUT/genrm_data" \
+stage genrm_data $PY -m fapo_mini.toycritic --rollouts "$OUT/genrm_data/rollouts.jsonl" --out "$OUT/genrm_data" \
   --teacher-fill $FILL
 
 # 4. GenRM warm start (from the policy's weights: it already reads the world), then RL with the step-wise

@@ -298,7 +298,7 @@ class FlawDetector:
 
     def prompt(self, row: dict, response: str) -> str:
         if row.get("data_source") == "toyworld":
-            from fapo_mini.toyworld import critic_prompt as toy_prompt
+            from fapo_mini.toycritic import critic_prompt as toy_prompt
             return toy_prompt(row["prompt"], response)
         p = row["prompt"]
         # the authors send the raw question (extra_info.question) when there is one, not the prompt with its suffix

@@ -14,7 +14,7 @@ then produces flawed positives on its own, which is what FAPO is about.
 
 What it simplifies away: natural language, answer normalisation (the answer is one
 digit), step splitting (a step is a line), and the long GenRM template (the toy
-critic reads a compact numbered listing, see `critic_prompt`). Rows are written in
+critic reads a compact numbered listing, see `toycritic.py`). Rows are written in
 verl's format and the tokenizer is an ordinary Hugging Face one, so every real-data
 code path runs on the toy world unchanged.
 """
@@ -267,46 +267,6 @@ def sft_mixture(problems, mix: dict[str, float] | None = None, rng: random.Rando
 
 
 # ----------------------------------------------------------------------------
-# the toy GenRM: compact prompt and the critique it learns
-
-def critic_prompt(prompt: str, solution: str) -> str:
-    """Problem line, the solution's lines numbered from 0, then a `check` marker line.
-
-    >>> print(critic_prompt("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"), end="")
-    a=7;b=a+5;c=b*3;?c
-    0:b=7+5=2
-    1:c=2*3=5
-    2:ans=6
-    check
-    """
-    listing = "".join(f"{i}:{line}\n" for i, line in enumerate(solution_lines(solution)))
-    return prompt.rstrip("\n") + "\n" + listing + "check\n"
-
-
-def teacher_critique(prompt: str, solution: str) -> str:
-    """The toy GenRM's target: per line, the written line's symbols, then the right line, then
-    ok / wrong; it stops at the first wrong line.
-
-    Writing the right line carries the true values down the chain (a 4-layer model cannot
-    find the first error in one shot), and the copy puts the digits to compare a few tokens
-    apart. The copy drops `=` and the operator: when it was a verbatim equation, the warm
-    start (from the policy's weights) "corrected" the wrong digit while copying it and missed
-    most flaws (FP-F1 0.33; 0.38 with no copy at all).
-
-    >>> print(teacher_critique("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"))
-    0:b752 b=7+5=2 ok
-    1:c235 c=2*3=6 wrong
-    \\boxed{1}
-    """
-    allowed, err = parse_prompt(prompt).allowed_lines(), first_error(prompt, solution)
-    written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
-    last = len(written) - 1 if err == -1 else err
-    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
-             f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
-    return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
-
-
-# ----------------------------------------------------------------------------
 # verl-format rows
 
 def policy_rows(problems, split: str) -> list[dict]:
@@ -315,28 +275,6 @@ def policy_rows(problems, split: str) -> list[dict]:
              "reward_model": {"style": "rule", "ground_truth": p.answer},
              "extra_info": {"split": split, "index": i, "steps": p.steps}}
             for i, p in enumerate(map(_to_problem, problems))]
-
-
-def critic_rows(items: list[tuple[str, str]]) -> list[dict]:
-    """GenRM rows from (policy prompt, solution) pairs; ground_truth = first_error."""
-    rows = []
-    for prompt, solution in items:
-        n, label = len(solution_lines(solution)), first_error(prompt, solution)
-        if label >= n:
-            raise ValueError(f"solution stops before its ans line (label {label} >= {n} lines): {solution!r}")
-        rows.append({"data_source": "toyworld_critic", "prompt": critic_prompt(prompt, solution), "ability": "toy_critic",
-                     "reward_model": {"style": "rule", "ground_truth": label},
-                     "extra_info": {"total_steps": n, "policy_prompt": prompt, "solution": solution}})
-    return rows
-
-
-def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
-    """As many flawed as clean items: the larger class is downsampled at random; order is kept."""
-    flawed = [first_error(p, s) != -1 for p, s in items]
-    groups = [[i for i, f in enumerate(flawed) if f == want] for want in (True, False)]
-    m, rng = min(map(len, groups)), random.Random(seed)
-    keep = {i for g in groups for i in rng.sample(g, m)}
-    return [item for i, item in enumerate(items) if i in keep]
 
 
 # ----------------------------------------------------------------------------
@@ -366,7 +304,7 @@ def make_tokenizer(model_max_length: int = 1024):
 # ----------------------------------------------------------------------------
 # CLI
 #   python -m fapo_mini.toyworld world --out DIR [--n-train N --n-test N --n-hard N --n-sft N --seed S]
-#   python -m fapo_mini.toyworld critic --rollouts R.jsonl --out DIR     (GenRM data from policy samples)
+#   (the GenRM's data: python -m fapo_mini.toycritic, see toycritic.py)
 
 def write_jsonl(path, rows):
     with open(path, "w") as f:
@@ -384,53 +322,18 @@ def world_cmd(args):
     print(f"sft_policy: {len(sft)} flawed-teacher traces; tokenizer -> {args.out}/tokenizer")
 
 
-def critic_cmd(args):
-    """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
-    (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
-    with open(args.rollouts) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
-                               if is_correct(r["response"], r["reward_model"]["ground_truth"])))
-    if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
-        rng, flawed = random.Random(args.seed), sum(first_error(p, s) != -1 for p, s in items)
-        for style, have in (("clean", len(items) - flawed), ("sloppy", flawed)):
-            prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 2})
-            extra = [(p, teacher_solution(p, style, rng)) for p in rng.choices(prompts, k=max(0, args.teacher_fill - have))]
-            items += extra
-            print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
-    items = balance_critic(items, args.seed)
-    if not items:
-        raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
-    prompts = sorted({p for p, _ in items})
-    test = set(random.Random(args.seed).sample(prompts, int(len(prompts) * args.test_share)))
-    os.makedirs(args.out, exist_ok=True)
-    train_items = [it for it in items if it[0] not in test]
-    write_jsonl(os.path.join(args.out, "critic_train.jsonl"), critic_rows(train_items))
-    write_jsonl(os.path.join(args.out, "critic_test.jsonl"), critic_rows([it for it in items if it[0] in test]))
-    write_jsonl(os.path.join(args.out, "sft_genrm.jsonl"),
-                [{"prompt": critic_prompt(p, s), "completion": teacher_critique(p, s)} for p, s in train_items])
-    print(f"critic: {len(items)} balanced correct rollouts, {len(train_items)} train / {len(items) - len(train_items)} test")
-
-
 def main():
-    ap = argparse.ArgumentParser(description="The toy world's data: policy rows, warm-start traces, GenRM rows.")
+    ap = argparse.ArgumentParser(description="The toy world's data: policy rows, warm-start traces, tokenizer.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("world", help="policy rows (train/test/hard.jsonl), flawed-teacher traces, tokenizer")
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
     w.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")
     w.add_argument("--n-hard", type=int, default=500, help="hard problems (k in 7..10, held-out prompts)")
-    w.add_argument("--n-sft", type=int, default=20000, help="sloppy-teacher warm-start traces (train prompts)")
+    w.add_argument("--n-sft", type=int, default=20000, help="flawed-teacher warm-start traces (train prompts)")
     w.add_argument("--seed", type=int, default=0, help="generator seed")
-    c = sub.add_parser("critic", help="GenRM rows + warm-start critiques from policy rollouts")
-    c.add_argument("--rollouts", required=True, help="rollout.py output on toy policy rows")
-    c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--test-share", type=float, default=0.2, help="share of prompts held out for GenRM eval")
-    c.add_argument("--teacher-fill", type=int, default=0,
-                   help="top each class up to N with teacher traces (only for tiny smoke runs)")
-    c.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    {"world": world_cmd, "critic": critic_cmd}[args.cmd](args)
+    {"world": world_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fapo_mini import dist, grpo, rl, sft, toyworld
+from fapo_mini import dist, grpo, rl, sft, toycritic, toyworld
 from fapo_mini.model import load_model, save_model
 from fapo_mini.sampler import Sampler, SamplingParams
 
@@ -352,7 +352,7 @@ def test_train_genrm_torchrun(tmp_path, model_dir, toy_problems):
     items = [(p.prompt, toyworld.teacher_solution(p.prompt, style, rng)) for p in toy_problems
              for style in ("clean", "sloppy")]
     data = tmp_path / "critic.jsonl"
-    toyworld.write_jsonl(data, toyworld.critic_rows(items))
+    toyworld.write_jsonl(data, toycritic.critic_rows(items))
     run_script("train_genrm.py", ["--model", model_dir, "--data", data, "--out", tmp_path / "run", "--steps", 1,
                                   "--prompts-per-step", 2, "--group-size", 2, "--max-new-tokens", 8], nproc=2)
     (line,) = metrics(tmp_path / "run")

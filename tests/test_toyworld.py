@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from fapo_mini import toycritic as tc
 from fapo_mini import toyworld as tw
 
 P = "a=7;b=a+5;c=b*3;?c\n"  # true values a=7, b=2, c=6
@@ -112,7 +113,7 @@ def test_first_error_hand_traces(solution, expected):
 
 
 def test_docstring_examples():
-    assert doctest.testmod(tw).failed == 0
+    assert doctest.testmod(tw).failed == 0 and doctest.testmod(tc).failed == 0
 
 
 def test_first_error_mod_and_multiply():
@@ -252,7 +253,7 @@ def test_splits_disjoint():
 # the toy GenRM format
 
 def test_critic_prompt_exact():
-    assert tw.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6\n") == "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:c=2*3=5\n2:ans=6\ncheck\n"
+    assert tc.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6\n") == "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:c=2*3=5\n2:ans=6\ncheck\n"
 
 
 def test_teacher_critique_boxed_equals_first_error():
@@ -261,7 +262,7 @@ def test_teacher_critique_boxed_equals_first_error():
     for _ in range(1000):
         p = rng.choice(probs).prompt
         s = random_trace(rng, p)
-        crit = tw.teacher_critique(p, s)
+        crit = tc.teacher_critique(p, s)
         err = ref_first_error(p, s)
         boxed = re.findall(r"\\boxed\{(-?\d+)\}", crit[-300:])
         assert boxed and int(boxed[-1]) == err, (p, s, crit)
@@ -272,10 +273,10 @@ def test_teacher_critique_boxed_equals_first_error():
             assert len(verdicts) in (len(ref_values(p)[0]), len(ref_values(p)[0]) + 1)
         else:
             assert verdicts == ["ok"] * err + ["wrong"]
-    assert tw.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
+    assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
         "0:b752 b=7+5=2 ok\n1:c236 c=2*3=6 ok\n2:ans6 ans=6 ok\n\\boxed{-1}")
-    assert tw.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
-    assert tw.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5").endswith(
+    assert tc.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
+    assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5").endswith(
         "2:ans6 ans=6 ok\n3:c235 c=2*3=6 wrong\n\\boxed{3}")
 
 
@@ -287,21 +288,21 @@ def test_rows():
                        "reward_model": {"style": "rule", "ground_truth": str(ref_values(probs[2].prompt)[0][-1])},
                        "extra_info": {"split": "test", "index": 2, "steps": probs[2].steps}}
     sol = "b=7+5=2\nans=6"
-    assert tw.critic_rows([(P, sol)]) == [{
+    assert tc.critic_rows([(P, sol)]) == [{
         "data_source": "toyworld_critic", "prompt": "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:ans=6\ncheck\n",
         "ability": "toy_critic", "reward_model": {"style": "rule", "ground_truth": 1},
         "extra_info": {"total_steps": 2, "policy_prompt": P, "solution": sol}}]
     with pytest.raises(ValueError):  # label 2 would be out of range for 2 lines
-        tw.critic_rows([(P, "b=7+5=2\nc=2*3=6")])
-    json.dumps(rows), json.dumps(tw.critic_rows([(P, sol)]))
+        tc.critic_rows([(P, "b=7+5=2\nc=2*3=6")])
+    json.dumps(rows), json.dumps(tc.critic_rows([(P, sol)]))
 
 
 def test_balance_critic():
     items = [(P, "b=7+5=2\nc=2*3=6\nans=6")] * 30 + [(P, f"b=7+5=2\nans=6#{i}") for i in range(10)]
-    out = tw.balance_critic(items, seed=0)
+    out = tc.balance_critic(items, seed=0)
     flawed = [it for it in out if tw.first_error(*it) != -1]
     assert len(flawed) == 10 and len(out) == 20
-    assert out == tw.balance_critic(items, seed=0)
+    assert out == tc.balance_critic(items, seed=0)
     it = iter(items)
     assert all(any(x is y for y in it) for x in out)  # a subsequence: order kept
 
@@ -309,8 +310,8 @@ def test_balance_critic():
 # ----------------------------------------------------------------------------
 # tokenizer
 
-WORLD_TEXT = ("abcdefghijklmnopqrstuvwxyz0123456789=+-*;?:\n" + tw.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6")
-              + tw.teacher_critique(P, "b=7+5=2\nc=2*3=5\nans=6") + "  two  spaces\ttab\r\n ending space ")
+WORLD_TEXT = ("abcdefghijklmnopqrstuvwxyz0123456789=+-*;?:\n" + tc.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6")
+              + tc.teacher_critique(P, "b=7+5=2\nc=2*3=5\nans=6") + "  two  spaces\ttab\r\n ending space ")
 
 
 def test_tokenizer_bytes_round_trip():
@@ -371,9 +372,9 @@ def test_critic_cli_balances_correct_rollouts(tmp_path, monkeypatch):
                          "response": tw.teacher_solution(p.prompt, style, rng)})
         rows.append({"prompt": p.prompt, "reward_model": {"ground_truth": p.answer}, "response": "ans=x"})
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr(sys, "argv", ["toyworld", "critic", "--rollouts", str(tmp_path / "r.jsonl"),
+    monkeypatch.setattr(sys, "argv", ["toycritic", "--rollouts", str(tmp_path / "r.jsonl"),
                                       "--out", str(tmp_path / "c")])
-    tw.main()
+    tc.main()
     crit = [json.loads(l) for name in ("critic_train", "critic_test")
             for l in (tmp_path / "c" / f"{name}.jsonl").read_text().splitlines()]
     labels = [r["reward_model"]["ground_truth"] for r in crit]

@@ -1,0 +1,122 @@
+"""The toy world's GenRM data: its compact prompt, the critique it learns, and its rows.
+
+Why this file exists: the paper trains its GenRM on the policy's own CORRECT rollouts,
+labelled with the first wrong step and balanced flawed / clean (FAPO_SPEC 2). Here the
+label is exact (`toyworld.first_error`), and the prompt is a compact numbered listing
+instead of the long FAPO-Critic template, which a 4-layer model cannot read. The rows are
+in verl's format, so train_genrm.py and rollout.py treat them like real critic rows.
+
+    python -m fapo_mini.toycritic --rollouts R.jsonl --out DIR [--teacher-fill N]
+
+R.jsonl is rollout.py's output on toy policy rows; DIR gets critic_train.jsonl,
+critic_test.jsonl (held out by prompt) and sft_genrm.jsonl (warm-start critiques).
+"""
+import argparse
+import json
+import os
+import random
+import re
+
+from fapo_mini.toyworld import first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
+
+
+def critic_prompt(prompt: str, solution: str) -> str:
+    """Problem line, the solution's lines numbered from 0, then a `check` marker line.
+
+    >>> print(critic_prompt("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"), end="")
+    a=7;b=a+5;c=b*3;?c
+    0:b=7+5=2
+    1:c=2*3=5
+    2:ans=6
+    check
+    """
+    listing = "".join(f"{i}:{line}\n" for i, line in enumerate(solution_lines(solution)))
+    return prompt.rstrip("\n") + "\n" + listing + "check\n"
+
+
+def teacher_critique(prompt: str, solution: str) -> str:
+    """The toy GenRM's target: per line, the written line's symbols, then the right line, then
+    ok / wrong; it stops at the first wrong line.
+
+    Writing the right line carries the true values down the chain (a 4-layer model cannot
+    find the first error in one shot), and the copy puts the digits to compare a few tokens
+    apart. The copy drops `=` and the operator: when it was a verbatim equation, the warm
+    start (from the policy's weights) "corrected" the wrong digit while copying it and missed
+    most flaws (FP-F1 0.33; 0.38 with no copy at all).
+
+    >>> print(teacher_critique("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"))
+    0:b752 b=7+5=2 ok
+    1:c235 c=2*3=6 wrong
+    \\boxed{1}
+    """
+    allowed, err = parse_prompt(prompt).allowed_lines(), first_error(prompt, solution)
+    written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
+    last = len(written) - 1 if err == -1 else err
+    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
+             f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
+    return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
+
+
+def critic_rows(items: list[tuple[str, str]]) -> list[dict]:
+    """GenRM rows from (policy prompt, solution) pairs; ground_truth = first_error."""
+    rows = []
+    for prompt, solution in items:
+        n, label = len(solution_lines(solution)), first_error(prompt, solution)
+        if label >= n:
+            raise ValueError(f"solution stops before its ans line (label {label} >= {n} lines): {solution!r}")
+        rows.append({"data_source": "toyworld_critic", "prompt": critic_prompt(prompt, solution), "ability": "toy_critic",
+                     "reward_model": {"style": "rule", "ground_truth": label},
+                     "extra_info": {"total_steps": n, "policy_prompt": prompt, "solution": solution}})
+    return rows
+
+
+def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
+    """As many flawed as clean items: the larger class is downsampled at random; order is kept."""
+    flawed = [first_error(p, s) != -1 for p, s in items]
+    groups = [[i for i, f in enumerate(flawed) if f == want] for want in (True, False)]
+    m, rng = min(map(len, groups)), random.Random(seed)
+    keep = {i for g in groups for i in rng.sample(g, m)}
+    return [item for i, item in enumerate(items) if i in keep]
+
+
+def build(args):
+    """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
+    (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
+    with open(args.rollouts) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
+                               if is_correct(r["response"], r["reward_model"]["ground_truth"])))
+    if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
+        rng, flawed = random.Random(args.seed), sum(first_error(p, s) != -1 for p, s in items)
+        for style, have in (("clean", len(items) - flawed), ("sloppy", flawed)):
+            prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 2})
+            extra = [(p, teacher_solution(p, style, rng)) for p in rng.choices(prompts, k=max(0, args.teacher_fill - have))]
+            items += extra
+            print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
+    items = balance_critic(items, args.seed)
+    if not items:
+        raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
+    prompts = sorted({p for p, _ in items})
+    test = set(random.Random(args.seed).sample(prompts, int(len(prompts) * args.test_share)))
+    os.makedirs(args.out, exist_ok=True)
+    train_items = [it for it in items if it[0] not in test]
+    write_jsonl(os.path.join(args.out, "critic_train.jsonl"), critic_rows(train_items))
+    write_jsonl(os.path.join(args.out, "critic_test.jsonl"), critic_rows([it for it in items if it[0] in test]))
+    write_jsonl(os.path.join(args.out, "sft_genrm.jsonl"),
+                [{"prompt": critic_prompt(p, s), "completion": teacher_critique(p, s)} for p, s in train_items])
+    print(f"critic: {len(items)} balanced correct rollouts, {len(train_items)} train / {len(items) - len(train_items)} test")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="GenRM rows + warm-start critiques from toy-world policy rollouts.")
+    ap.add_argument("--rollouts", required=True, help="rollout.py output on toy policy rows")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--test-share", type=float, default=0.2, help="share of prompts held out for GenRM eval")
+    ap.add_argument("--teacher-fill", type=int, default=0,
+                    help="top each class up to N with teacher traces (only for tiny smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    build(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()
