@@ -87,10 +87,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # RMSNorm: x / sqrt(mean(x^2) + eps) * w, computed in fp32; the output keeps x's dtype
-        # (so bf16 activations under autocast stay bf16 for flash-attn, even with fp32 weights)
+        # RMSNorm: x / sqrt(mean(x^2) + eps) * w, the normalisation computed in fp32
         xf = x.float()
-        return (self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)).to(x.dtype)
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)  # rounded as transformers does
+        # fp32 weights times bf16 activations promote to fp32: cast back, so bf16 stays bf16 for flash-attn
+        return (self.weight * normed).to(x.dtype)
 
 
 def rope_cos_sin(pos, head_dim, theta, dtype):
