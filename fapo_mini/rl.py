@@ -9,7 +9,11 @@ One step, on every rank:
   1. sample n rollouts for this rank's shard of the step's prompts (the rollout copy);
   2. reward them (`reward_fn`), plus the optional DAPO overlong shaping;
      with --filter-groups (DAPO's dynamic sampling) drop groups whose rewards are all
-     equal and sample more prompts until the batch is full, at most --filter-max-rounds rounds;
+     equal and sample more prompts until the batch is full, at most --filter-max-rounds rounds
+     (then equal-reward groups fill it, and the run says so). The reward_fn's metrics
+     (accuracy, ...) then cover every sampled rollout; reward, response lengths, truncation
+     and zero_var_groups cover the trained batch; kept_groups, sampled_groups,
+     sampling_rounds and filter_cap_hit say what the filter did;
   3. group advantages, one update (update.ppo_update), refresh the rollout copy;
   4. one metrics line (rank 0), a checkpoint every --save-every steps and at the end.
 

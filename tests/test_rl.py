@@ -292,13 +292,15 @@ def mixed_policy_dir(tmp_path_factory, tok, toy_problems):
 
 
 def run_script(script, args, nproc=1):
-    """python SCRIPT or torchrun --nproc_per_node=nproc SCRIPT (gloo on CPU); fails the test on a non-zero exit."""
+    """python SCRIPT or torchrun --nproc_per_node=nproc SCRIPT (gloo on CPU); fails the test on a non-zero exit.
+    Returns its stdout."""
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(launcher + [str(ROOT / script)] + [str(a) for a in args], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
 
 
 def metrics(out):
