@@ -99,11 +99,11 @@ def mixed_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
     return (~(groups == groups[:, :1]).all(1)).tolist()
 
 
-def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
-    """The RL run. `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
+def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.ground_truth")):
+    """The RL run, on the ranks `info` describes (the script's one dist.setup()).
+    `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
     metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
     Resumes from the newest checkpoint in --out unless --fresh."""
-    info = dist.setup()
     out = Path(args.out)
     try:  # bad data, model folder, checkpoint or flags: end with the message, not a traceback
         rows = load_rows(args.data)
