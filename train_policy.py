@@ -34,6 +34,8 @@ def main():
     g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; also measures with --judge none)")
     g.add_argument("--genrm-max-new-tokens", type=int, default=256)
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
+    g.add_argument("--genrm-max-rows", type=int, default=256,
+                   help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
         ap.error("--judge genrm needs --genrm DIR")
@@ -43,7 +45,7 @@ def main():
     if args.genrm:
         try:
             detector = FlawDetector(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                    trust_remote_code=args.trust_remote_code)
+                                    trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
 

@@ -12,8 +12,10 @@ whole weights, in bf16 on a GPU, and must never all-gather per decoded token. So
 
 RolloutCopy is the live module itself on CPU without FSDP (fp32, nothing to copy: the
 numerics of the CPU path). Otherwise it is an unsharded copy, bf16 on CUDA (fp32 on CPU),
-filled from the live weights once per step: each FSDP2 DTensor shard is gathered with
-`full_tensor()` one parameter at a time, so the extra peak is one parameter.
+filled from the live weights once per step: each FSDP2 DTensor shard is cast to the copy's
+dtype and gathered with `full_tensor()`, one parameter at a time, so the extra peak is one
+parameter. The sampler's log-probs then come from bf16 weights while the trainer's come from
+fp32 master weights under bf16 autocast; `logp_gap` in metrics.jsonl measures the difference.
 
 Simplified away: tensor / pipeline parallelism, CPU offload, hybrid sharding (HSDP).
 """
@@ -92,7 +94,7 @@ class RolloutCopy:
             return
         dst = dict(self.model.named_parameters())
         for name, p in self.live.named_parameters():
-            dst[name].copy_(_full(p.detach()))
+            dst[name].copy_(_full(p.detach().to(self.dtype)))     # cast the shard first: half the traffic
 
 
 def full_state_dict(module) -> dict:

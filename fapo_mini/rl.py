@@ -54,6 +54,8 @@ def add_common_args(ap):
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--overlong-buffer", type=int, default=0, help="DAPO overlong shaping buffer (0 = off)")
+    g.add_argument("--rollout-max-rows", type=int, default=256,
+                   help="sampler rows (rollouts) per wave: its dense KV cache is rows x (prompt + max-new-tokens)")
     g.add_argument("--filter-groups", action="store_true",
                    help="DAPO dynamic sampling: train only on groups whose rewards differ, sampling more prompts to fill the batch")
     g.add_argument("--filter-max-rounds", type=int, default=10,
@@ -113,8 +115,9 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
                              f"multiple of {info.world_size} ranks")
         if args.fsdp and info.world_size < 2:
             raise SystemExit("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
-        if args.filter_max_rounds < 1:
-            raise SystemExit(f"--filter-max-rounds must be >= 1, got {args.filter_max_rounds}")
+        for flag in ("filter_max_rounds", "rollout_max_rows"):
+            if getattr(args, flag) < 1:
+                raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
         tok = load_tokenizer(args.model, args.trust_remote_code)
         config = dict(vars(args))
         if args.fresh and info.is_main and (out / "ckpt").exists():
@@ -157,7 +160,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
         metrics_path.write_text("".join(lines))                # drop lines logged after the checkpoint
     dist.barrier()
     rollout = parallel.RolloutCopy(model, info, args.fsdp)     # CPU + DDP: the live policy itself
-    sampler = Sampler(rollout.model, tok)
+    sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows)
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     params = SamplingParams(n=args.group_size, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens)
