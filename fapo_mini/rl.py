@@ -190,8 +190,12 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
         own batch; --filter-groups draws later rounds from a stream with another seed."""
         idx = shard(batch_indices(len(rows), args.prompts_per_step, step, args.seed + 1_000_003 * round_),
                     info.rank, info.world_size)
+        t0 = time.time()
         samples = sampler.generate([prompt_ids[i] for i in idx], params, generator=gen)
+        t1 = time.time()
         rewards, counts = reward_fn([rows[i] for i in idx], samples)     # (N,), rollouts group after group
+        seconds["sample"] += t1 - t0
+        seconds["judge"] += time.time() - t1
         for s in samples:
             s.prompt_index = idx[s.prompt_index]                         # now a row index
         return samples, torch.as_tensor(rewards, dtype=torch.float32), counts
@@ -215,8 +219,8 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
                 samples, rewards, more = sample_round(step, rounds - 1)
                 sampled += len(samples) // n
                 for k, (num, den) in more.items():
-                    a, b = counts.get(k, (0, 0))
-                    counts[k] = (a + num, b + den)
+                    num_before, den_before = counts.get(k, (0, 0))
+                    counts[k] = (num_before + num, den_before + den)
             else:
                 samples, rewards = [], torch.zeros(0)
         topped_up = max(0, need - len(kept))
@@ -227,7 +231,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not info.is_main)
     with GracefulStop() as stop:
         for step in bar:
-            t0 = time.time()
+            seconds = {"sample": 0.0, "judge": 0.0}                # sample_round adds to both
             model.eval()
             samples, rewards, counts, filter_stats = collect(step)
             t1 = time.time()
@@ -258,7 +262,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
             line = {"step": step + 1,
                     **{k: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None for i, k in enumerate(keys)},
                     "response_len_max": longest.item(), **update_stats,
-                    "time_sample": t1 - t0, "time_judge": t2 - t1, "time_train": t3 - t2}
+                    "time_sample": seconds["sample"], "time_judge": seconds["judge"] + t2 - t1, "time_train": t3 - t2}
             if filter_stats is not None:                           # what the step trained on, summed over ranks
                 f = torch.tensor([float(filter_stats[k]) for k in ("kept", "sampled", "topped_up")], device=info.device)
                 kept, sampled, topped_up = all_reduce_sum(f).tolist()
