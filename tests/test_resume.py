@@ -334,23 +334,23 @@ def sharded_optimizer(ckpt, tmp_path):
 
 def test_fsdp_sigkill_then_rerun_equals_uninterrupted_run(world, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    res = run(torchrun_cmd(*world, ref, "--steps", 3, "--save-every", 1), timeout=300, env=GLOO)
+    res = run(torchrun_cmd(*world, ref, "--steps", 2, "--save-every", 1), timeout=300, env=GLOO)
     assert res.returncode == 0, res.stderr[-3000:]
-    proc = start(torchrun_cmd(*world, out, "--steps", 3, "--save-every", 1), tmp_path / "log", env=GLOO)
+    proc = start(torchrun_cmd(*world, out, "--steps", 2, "--save-every", 1), tmp_path / "log", env=GLOO)
     wait_until(lambda: (out / "ckpt" / "step_00000001" / "COMPLETE").exists(), proc, timeout=300)
     workers = children(proc.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)                                    # rank 1 dies; torchrun stops rank 0
     assert proc.wait(120) != 0, "the run ended on its own: the kill came too late"
     resume_at = int(latest_checkpoint(out, 2).name.removeprefix("step_"))
-    assert resume_at in (1, 2), f"killed after step {resume_at}: too late to test anything"
+    assert resume_at == 1, f"killed after step {resume_at}: too late to test anything"
 
-    res = run(torchrun_cmd(*world, out, "--steps", 3, "--save-every", 1), timeout=300, env=GLOO)
+    res = run(torchrun_cmd(*world, out, "--steps", 2, "--save-every", 1), timeout=300, env=GLOO)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {out / 'ckpt' / f'step_{resume_at:08d}'} at step {resume_at}" in res.stdout
     assert metrics(out) == metrics(ref)
     assert any(m["grad_norm"] > 0 for m in metrics(ref))
-    a, b = ref / "ckpt" / "step_00000003", out / "ckpt" / "step_00000003"
+    a, b = ref / "ckpt" / "step_00000002", out / "ckpt" / "step_00000002"
     assert_same(load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors"), "weights")
     assert_same(sharded_optimizer(a, tmp_path), sharded_optimizer(b, tmp_path), "optimizer")
     assert "optimizer" not in torch.load(a / "state.pt", weights_only=True)   # AdamW lives only in the shards
