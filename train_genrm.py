@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from fapo_mini import genrm, rl
+from fapo_mini import dist, genrm, rl
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
         counts = {"valid": (valid, n), "exact": (exact, n), "decision_acc": (decided, n)}
         return torch.tensor(rewards), counts
 
-    rl.train(args, reward_fn, fields=("prompt", "reward_model.ground_truth", "extra_info.total_steps"))
+    rl.train(args, dist.setup(), reward_fn, fields=("prompt", "reward_model.ground_truth", "extra_info.total_steps"))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
     python train_policy.py --model DIR --data train.jsonl --out runs/fapo --judge genrm --genrm GENRM_DIR
     torchrun --nproc_per_node=8 train_policy.py ...        # one node, DDP (nccl on GPU, gloo on CPU)
+    torchrun --nproc_per_node=8 train_policy.py --fsdp ... # one node, FSDP2 (a 7B policy)
+    torchrun --nnodes=N --node-rank=R --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \
+        --rdzv-id=RUN train_policy.py ...                   # node R of N (run on every node)
 
 One step (FAPO_SPEC 3; the loop itself is fapo_mini/rl.py, shared with train_genrm.py):
   1. each rank samples n rollouts for its shard of prompts with the live policy;
@@ -18,7 +21,7 @@ import argparse
 
 import torch
 
-from fapo_mini import grpo, rl, toyworld
+from fapo_mini import dist, grpo, rl, toyworld
 from fapo_mini.genrm import FlawDetector
 from fapo_mini.verify import is_correct
 
@@ -31,16 +34,18 @@ def main():
     g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; also measures with --judge none)")
     g.add_argument("--genrm-max-new-tokens", type=int, default=256)
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
+    g.add_argument("--genrm-max-rows", type=int, default=256,
+                   help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
         ap.error("--judge genrm needs --genrm DIR")
 
+    info = dist.setup()
     detector = None
     if args.genrm:
-        from fapo_mini.dist import setup
         try:
-            detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                    trust_remote_code=args.trust_remote_code)
+            detector = FlawDetector(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
+                                    trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
 
@@ -68,7 +73,7 @@ def main():
             flawed[pos] = torch.tensor(judged, dtype=torch.bool)
         return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
 
-    rl.train(args, reward_fn)
+    rl.train(args, info, reward_fn)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 A checkpoint is one folder, `run_dir/ckpt/step_XXXXXXXX/`:
 
     model/        the Hugging Face model folder (written by the caller's `write_model`)
-    state.pt      rank 0's state: optimizer, scheduler, step, config, metrics offset, ...
+    state.pt      rank 0's state: optimizer (DDP), scheduler, step, config, ...
     rank{r}.pt    each rank's own state: RNG states (each rank samples differently)
+    sharded/      FSDP2 only: the sharded AdamW state, one file per rank, written with
+                  torch.distributed.checkpoint (DCP) so no rank ever holds all of it
     COMPLETE      written last: the list of every file above
 
 It is written under `.tmp-step_XXXXXXXX/` and renamed into place only after
@@ -17,7 +19,7 @@ containers, never pickled code.
 Data order needs no state (data.batch_indices is a pure function of the step),
 so with the RNG states restored a resumed run continues exactly.
 
-Simplified away: sharded (FSDP) state dicts, asynchronous saving, fsync (a
+Simplified away: resharding on resume (resume with the same number of ranks), asynchronous saving, fsync (a
 killed process is covered, a power cut may not be), remote storage. Assumes
 every rank sees the same file system.
 """
@@ -54,13 +56,15 @@ def save_checkpoint(
     rank_state: dict,
     dist_info: DistInfo,
     keep: int = 3,
+    sharded: dict | None = None,
 ) -> Path:
     """Save one checkpoint atomically; every rank must call this. Returns the final folder.
 
     `write_model(folder)` is called on rank 0 with `folder` = `<checkpoint>/model`
     (already created) and must write the HF model folder there. `state` is
     written by rank 0, `rank_state` by every rank. Only the newest `keep`
-    checkpoints are kept.
+    checkpoints are kept. `sharded` (FSDP2: a state dict of DTensors) is written by
+    every rank together with DCP into `<checkpoint>/sharded`.
     """
     if keep < 1 or step < 0:
         raise ValueError(f"need keep >= 1 and step >= 0, got keep={keep}, step={step}")
@@ -75,6 +79,9 @@ def save_checkpoint(
         write_model(tmp / "model")
         torch.save(state, tmp / "state.pt")
     torch.save(rank_state, tmp / f"rank{dist_info.rank}.pt")
+    if sharded is not None:
+        import torch.distributed.checkpoint as dcp
+        dcp.save(sharded, checkpoint_id=tmp / "sharded")
     barrier()  # every rank wrote its part
     if dist_info.is_main:
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
@@ -124,6 +131,17 @@ def load_state(ckpt, rank: int) -> tuple[dict, dict]:
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
     rank_state = torch.load(ckpt / f"rank{rank}.pt", map_location="cpu", weights_only=True)
     return state, rank_state
+
+
+def load_sharded(ckpt, template: dict) -> dict:
+    """Fill `template` (this run's own sharded state dict, same keys and shapes) in place from
+    `<ckpt>/sharded` with DCP; every rank calls. Returns `template`."""
+    import torch.distributed.checkpoint as dcp
+    folder = Path(ckpt) / "sharded"
+    if not (folder / ".metadata").is_file():
+        raise ValueError(f"{folder}: no sharded optimizer state; the checkpoint was saved without --fsdp")
+    dcp.load(template, checkpoint_id=folder)
+    return template
 
 
 def rng_state() -> dict:

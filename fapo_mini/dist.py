@@ -7,8 +7,11 @@ single process when it is absent. A process group exists only when
 WORLD_SIZE > 1, so every helper here is a no-op in a single process and the
 trainers never branch on "distributed or not".
 
-Simplified away: model parallelism, multi-node rendezvous details (torchrun
-handles them), and device selection beyond "cuda:LOCAL_RANK if CUDA, else CPU".
+Many nodes need nothing here: torchrun's c10d rendezvous (--nnodes, --node-rank,
+--rdzv-endpoint) sets the same variables, RANK counting over every node's processes.
+
+Simplified away: model parallelism (FSDP2 sharding is parallel.py), and device selection
+beyond "cuda:LOCAL_RANK if CUDA, else CPU".
 """
 
 import os
@@ -97,11 +100,3 @@ def barrier() -> None:
     if _initialized():
         dist.barrier()
 
-
-def broadcast_object(obj, src: int = 0):
-    """Return rank `src`'s `obj` on every rank (any picklable object). Identity in a single process."""
-    if not _initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -1,168 +1,44 @@
-"""One GRPO update on a batch of rollouts: the loop piece train_policy.py and train_genrm.py share.
+"""The RL run both trainers share: sample -> reward (the caller's) -> advantages -> update -> log -> save.
 
-Why this file exists: the policy and the GenRM are both trained with GRPO; they differ
-only in how a rollout is rewarded. Everything after the advantages (packing, PPO
-mini-batches, micro-batches with gradient accumulation, the global token-mean
-normaliser, DDP, clipping, metrics) lives here once.
+Why this file exists: train_policy.py and train_genrm.py differ only in `reward_fn`; the
+flags, the loop, resume, logging and checkpoints live here once. The update itself is
+update.py; how the model is spread over ranks (DDP, FSDP2) and the sampler's copy of it
+are parallel.py.
 
-    rollouts --pack--> (T,) packed tokens --forward--> log-probs of response tokens
-             --grpo.clipped_loss--> per-token loss --grpo.aggregate--> backward
+One step, on every rank:
+  1. sample n rollouts for this rank's shard of the step's prompts (the rollout copy);
+  2. reward them (`reward_fn`), plus the optional DAPO overlong shaping;
+     with --filter-groups (DAPO's dynamic sampling) drop groups whose rewards are all
+     equal and sample more prompts until the batch is full, at most --filter-max-rounds rounds
+     (then equal-reward groups fill it, and the run says so). The reward_fn's metrics
+     (accuracy, ...) then cover every sampled rollout; reward, response lengths, truncation
+     and zero_var_groups cover the trained batch; kept_groups, sampled_groups,
+     sampling_rounds and filter_cap_hit say what the filter did;
+  3. group advantages, one update (update.ppo_update), refresh the rollout copy;
+  4. one metrics line (rank 0), a checkpoint every --save-every steps and at the end.
 
-The DDP trick (nanoGPT style): only the last micro-batch of a mini-batch syncs
-gradients (`no_sync` on the others), and DDP *averages* gradients over ranks. Our
-loss is already divided by the GLOBAL token count (all-reduced once per mini-batch),
-so each rank multiplies its loss by world_size to turn DDP's average back into a sum.
+Simplified away: asynchronous rollouts (sampling and training alternate), a separate
+inference engine (the sampler is ours, sampler.py).
 """
 import json
-import math
 import random
 import shutil
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from fapo_mini import dist, grpo
-from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_state, rng_state,
-                                  save_checkpoint, set_rng_state)
+from fapo_mini import dist, grpo, parallel
+from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_sharded, load_state,
+                                  rng_state, save_checkpoint, set_rng_state)
 from fapo_mini.data import batch_indices, load_rows, prompt_text, shard, validate_rows
 from fapo_mini.dist import all_reduce_sum
 from fapo_mini.model import load_model, load_tokenizer, save_model
 from fapo_mini.sampler import Sampler, SamplingParams
+from fapo_mini.update import Rollouts, UpdateConfig, make_optimizer, ppo_update
 
-
-@dataclass
-class Rollouts:
-    """This rank's rollouts of one step, group after group (n per prompt)."""
-    prompt_ids: list          # list[list[int]], one per rollout
-    response_ids: list        # list[list[int]]
-    old_logp: list            # list[list[float]], the sampler's log-probs
-    advantages: torch.Tensor  # (N,)
-
-
-@dataclass
-class UpdateConfig:
-    temperature: float = 1.0          # the rollout temperature: log-probs are of logits / T
-    mini_batches: int = 1             # optimizer steps per RL step
-    micro_tokens: int = 4096          # max packed tokens per forward
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float = 10.0
-    loss_agg: str = "token-mean"
-    max_response: int = 0             # for seq-mean-token-sum-norm
-    grad_clip: float = 1.0
-    kl_coef: float = 0.0
-
-
-def pack(ro: Rollouts, idx, device):
-    """Rollouts idx -> packed tensors. Only response tokens are scored: `sel` are the
-    positions whose NEXT token is a response token (T_r of them)."""
-    ids, pos, sel, tgt, old, adv, seq, lens = [], [], [], [], [], [], [], []
-    off = 0
-    for j, i in enumerate(idx):
-        p, r = ro.prompt_ids[i], ro.response_ids[i]
-        ids += p + r
-        pos += range(len(p) + len(r))
-        sel += range(off + len(p) - 1, off + len(p) + len(r) - 1)
-        tgt += r
-        old += ro.old_logp[i]
-        adv += [float(ro.advantages[i])] * len(r)
-        seq += [j] * len(r)
-        lens.append(len(p) + len(r))
-        off += len(p) + len(r)
-    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)
-    cu = torch.nn.functional.pad(t(lens).cumsum(0), (1, 0)).to(torch.int32)
-    return dict(ids=t(ids), pos=t(pos), cu=cu, max_len=max(lens), sel=t(sel), tgt=t(tgt),
-                old=t(old, torch.float32), adv=t(adv, torch.float32), seq=t(seq))
-
-
-def micro_batches(idx, ro: Rollouts, max_tokens):
-    """Split rollout indices into consecutive chunks of at most max_tokens packed tokens."""
-    out, cur, n = [], [], 0
-    for i in idx:
-        L = len(ro.prompt_ids[i]) + len(ro.response_ids[i])
-        if cur and n + L > max_tokens:
-            out.append(cur)
-            cur, n = [], 0
-        cur.append(i)
-        n += L
-    return out + [cur]
-
-
-def response_logprobs(model, b, temperature, with_entropy=False):
-    hidden = model(b["ids"], b["pos"], b["cu"], b["max_len"])                # (T, C), through DDP
-    inner = getattr(model, "module", model)
-    return inner.token_logprobs(hidden[b["sel"]], b["tgt"], temperature, with_entropy=with_entropy)
-
-
-def ppo_update(model, optimizer, scheduler, ro: Rollouts, cfg: UpdateConfig, world_size=1,
-               ref_model=None, generator=None):
-    """PPO/GRPO update over this rank's rollouts, `cfg.mini_batches` optimizer steps.
-    `model` may be DDP-wrapped. Returns metrics averaged over all ranks."""
-    device = next(model.parameters()).device
-    N = len(ro.response_ids)
-    if N % cfg.mini_batches:
-        raise ValueError(f"{N} rollouts per rank do not split into {cfg.mini_batches} mini-batches")
-    order = torch.randperm(N, generator=generator).tolist()
-    mb_size = N // cfg.mini_batches
-    ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
-    # token-summed metrics: clipped, kl to the sampler, entropy, |trainer - sampler| on the first mini-batch
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    grad_norms = []
-    model.train()
-    for m in range(cfg.mini_batches):
-        idx = order[m * mb_size:(m + 1) * mb_size]
-        counts = torch.tensor([sum(len(ro.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64,
-                              device=device)
-        n_tok, n_seq = all_reduce_sum(counts).tolist()                      # global, once per optimizer step
-        denom = grpo.loss_denominator(cfg.loss_agg, n_tok, n_seq)
-        micros = micro_batches(idx, ro, cfg.micro_tokens)
-        for k, mi in enumerate(micros):
-            b = pack(ro, mi, device)
-            sync = k == len(micros) - 1 or not hasattr(model, "no_sync")
-            with nullcontext() if sync else model.no_sync():                 # only the last micro-batch syncs
-                with ac:
-                    logp, ent = response_logprobs(model, b, cfg.temperature, with_entropy=True)
-                    per_tok, st = grpo.clipped_loss(logp, b["old"], b["adv"], cfg.clip_low, cfg.clip_high,
-                                                    cfg.dual_clip)
-                    if ref_model is not None:
-                        with torch.no_grad():
-                            ref = response_logprobs(ref_model, b, cfg.temperature)
-                        per_tok = per_tok + cfg.kl_coef * grpo.kl_k3(logp, ref)   # k3 KL penalty in the loss
-                    loss = grpo.aggregate(per_tok, b["seq"], cfg.loss_agg, denom, cfg.max_response) * world_size
-                loss.backward()
-            d = (logp.detach() - b["old"])
-            sums += torch.stack([st["clipped"].sum(), grpo.kl_k3(b["old"], logp.detach()).sum(), ent.sum(),
-                                 d.abs().sum() if m == 0 else d.new_zeros(()),
-                                 torch.tensor(float(len(logp)), device=device),
-                                 torch.tensor(float(len(logp)) if m == 0 else 0.0, device=device)]).double()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        grad_norms.append(gn.item())
-        if not math.isfinite(grad_norms[-1]):
-            raise FloatingPointError(f"grad norm is {grad_norms[-1]}")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-    s = all_reduce_sum(sums).tolist()
-    return {"clip_frac": s[0] / s[4], "kl_to_sampler": s[1] / s[4], "entropy": s[2] / s[4],
-            "logp_gap": s[3] / max(s[5], 1), "grad_norm": sum(grad_norms) / len(grad_norms),
-            "lr": scheduler.get_last_lr()[0]}
-
-
-def make_optimizer(model, lr, warmup_steps, weight_decay=0.1):
-    """AdamW with linear warm-up then a constant rate (FAPO_SPEC 2: constant after warm-up)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
-    return opt, sched
-
-
-# ----------------------------------------------------------------------------
-# the run loop: sample -> reward (the caller's) -> advantages -> update -> log -> save
 
 def add_common_args(ap):
     """Flags both trainers share; each script adds its own reward flags."""
@@ -178,6 +54,12 @@ def add_common_args(ap):
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--overlong-buffer", type=int, default=0, help="DAPO overlong shaping buffer (0 = off)")
+    g.add_argument("--rollout-max-rows", type=int, default=256,
+                   help="sampler rows (rollouts) per wave: its dense KV cache is rows x (prompt + max-new-tokens)")
+    g.add_argument("--filter-groups", action="store_true",
+                   help="DAPO dynamic sampling: train only on groups whose rewards differ, sampling more prompts to fill the batch")
+    g.add_argument("--filter-max-rounds", type=int, default=10,
+                   help="with --filter-groups: sampling rounds per step at most; then the batch is topped up with equal-reward groups")
     g = ap.add_argument_group("update")
     g.add_argument("--lr", type=float, default=1e-6)
     g.add_argument("--warmup", type=int, default=10, help="warm-up, in optimizer steps")
@@ -191,6 +73,8 @@ def add_common_args(ap):
     g.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL to the initial model (0 = no reference model)")
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--grad-checkpointing", action="store_true")
+    g.add_argument("--fsdp", action="store_true",
+                   help="shard the trained model with FSDP2 (bf16 compute on GPU, fp32 grads and AdamW); default DDP")
     g = ap.add_argument_group("run")
     g.add_argument("--steps", type=int, default=100)
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every K steps (0 = only at the end)")
@@ -204,11 +88,24 @@ def add_common_args(ap):
 RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing")
 
 
-def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
-    """The RL run. `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
+def log_metrics(metrics_path: Path, line: dict) -> None:
+    """Every metrics line goes through here (rank 0 only): one JSON object per step."""
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def mixed_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
+    """Per group: do its rewards differ? rewards (N,) group after group -> N / group_size bools.
+    Example: [1, 1, -1, -1, 0, 0], group_size 2 -> [False, False, False]; [1, -1] -> [True]."""
+    groups = rewards.view(-1, group_size)
+    return (~(groups == groups[:, :1]).all(1)).tolist()
+
+
+def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.ground_truth")):
+    """The RL run, on the ranks `info` describes (the script's one dist.setup()).
+    `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
     metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
     Resumes from the newest checkpoint in --out unless --fresh."""
-    info = dist.setup()
     out = Path(args.out)
     try:  # bad data, model folder, checkpoint or flags: end with the message, not a traceback
         rows = load_rows(args.data)
@@ -216,6 +113,11 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
         if len(rows) < args.prompts_per_step or args.prompts_per_step % info.world_size:
             raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
                              f"multiple of {info.world_size} ranks")
+        if args.fsdp and info.world_size < 2:
+            raise SystemExit("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
+        for flag in ("filter_max_rounds", "rollout_max_rows"):
+            if getattr(args, flag) < 1:
+                raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
         tok = load_tokenizer(args.model, args.trust_remote_code)
         config = dict(vars(args))
         if args.fresh and info.is_main and (out / "ckpt").exists():
@@ -224,7 +126,11 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
         ckpt = None if args.fresh else latest_checkpoint(out, info.world_size)
         model = load_model(ckpt / "model" if ckpt else args.model, info.device)
         model.gradient_checkpointing = args.grad_checkpointing
-        ref_model = load_model(args.model, info.device).eval() if args.kl_coef > 0 else None
+        ref_model = None
+        if args.kl_coef > 0:                                       # inference only: bf16 on GPU, no grads
+            ref_dtype = torch.bfloat16 if info.device.type == "cuda" else torch.float32
+            ref_model = load_model(args.model, info.device, ref_dtype).eval().requires_grad_(False)
+        trained = parallel.wrap(model, info, args.fsdp)            # DDP, FSDP2 (shards `model` in place) or model
         opt, sched = make_optimizer(model, args.lr, args.warmup, args.weight_decay)
         gen = torch.Generator(device=info.device).manual_seed(args.seed * 1000 + info.rank)
         torch.manual_seed(args.seed * 1000 + info.rank)
@@ -234,7 +140,12 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
         if ckpt is not None:
             state, rank_state = load_state(ckpt, info.rank)
             check_config(state["config"], config, ignore=RESUMABLE)
-            opt.load_state_dict(state["optimizer"])
+            if args.fsdp:
+                from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+                opt_state = load_sharded(ckpt, {"optimizer": get_optimizer_state_dict(model, opt)})["optimizer"]
+                set_optimizer_state_dict(model, opt, opt_state)
+            else:
+                opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             set_rng_state(rank_state["rng"])
             gen.set_state(rank_state["sampler_rng"])
@@ -248,39 +159,94 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
         lines = metrics_path.read_text().splitlines(keepends=True)[:start] if ckpt and metrics_path.exists() else []
         metrics_path.write_text("".join(lines))                # drop lines logged after the checkpoint
     dist.barrier()
-    ddp = DDP(model) if info.world_size > 1 else model
-    sampler = Sampler(model, tok)                              # the live policy: no weight copy
+    rollout = parallel.RolloutCopy(model, info, args.fsdp)     # CPU + DDP: the live policy itself
+    sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows)
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     params = SamplingParams(n=args.group_size, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens)
-    cfg = UpdateConfig(args.temperature, args.mini_batches, args.micro_tokens, args.clip_low, args.clip_high,
-                       args.dual_clip, args.loss_agg, args.max_new_tokens, args.grad_clip, args.kl_coef)
+    cfg = UpdateConfig(temperature=args.temperature, mini_batches=args.mini_batches, micro_tokens=args.micro_tokens,
+                       clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip,
+                       loss_agg=args.loss_agg, max_response=args.max_new_tokens, grad_clip=args.grad_clip,
+                       kl_coef=args.kl_coef)
+
+    def rank_state():
+        """Everything this rank draws random numbers from: the one place a checkpoint gathers RNG state."""
+        return {"rng": rng_state(), "sampler_rng": gen.get_state()}
 
     def save(step):
-        save_checkpoint(out, step, lambda d: save_model(model, d, tok),
-                        {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                         "config": config}, {"rng": rng_state(), "sampler_rng": gen.get_state()}, info, args.keep)
+        full = parallel.full_state_dict(trained)                   # FSDP2: gathered on rank 0 (a collective)
+        sharded = None
+        state = {"scheduler": sched.state_dict(), "step": step, "config": config}
+        if args.fsdp:                                              # each rank writes its shard of AdamW (DCP)
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+            sharded = {"optimizer": get_optimizer_state_dict(model, opt)}
+        else:
+            state["optimizer"] = opt.state_dict()
+        save_checkpoint(out, step, lambda d: save_model(parallel.model_from_state_dict(model.cfg, full), d, tok),
+                        state, rank_state(), info, args.keep, sharded=sharded)
+
+    def sample_round(step, round_):
+        """Round `round_` of a step: this rank's prompts, rollouts and rewards. Round 0 is the step's
+        own batch; --filter-groups draws later rounds from a stream with another seed."""
+        idx = shard(batch_indices(len(rows), args.prompts_per_step, step, args.seed + 1_000_003 * round_),
+                    info.rank, info.world_size)
+        t0 = time.time()
+        samples = sampler.generate([prompt_ids[i] for i in idx], params, generator=gen)
+        t1 = time.time()
+        rewards, counts = reward_fn([rows[i] for i in idx], samples)     # (N,), rollouts group after group
+        seconds["sample"] += t1 - t0
+        seconds["judge"] += time.time() - t1
+        for s in samples:
+            s.prompt_index = idx[s.prompt_index]                         # now a row index
+        return samples, torch.as_tensor(rewards, dtype=torch.float32), counts
+
+    def collect(step):
+        """This rank's batch of the step: (samples, rewards, summed counts, filter stats or None)."""
+        samples, rewards, counts = sample_round(step, 0)
+        if not args.filter_groups:
+            return samples, rewards, counts, None
+        n, need = args.group_size, len(samples) // args.group_size
+        kept, dropped, rounds, sampled = [], [], 1, need               # groups: (samples, rewards)
+        while True:
+            for g, mixed in enumerate(mixed_groups(rewards, n)):
+                group = (samples[g * n:(g + 1) * n], rewards[g * n:(g + 1) * n])
+                (kept if mixed else dropped).append(group)
+            short = torch.tensor([float(len(kept) < need)], device=info.device)
+            if all_reduce_sum(short).item() == 0 or rounds == args.filter_max_rounds:
+                break
+            rounds += 1
+            if len(kept) < need:                                       # a full rank waits for the others
+                samples, rewards, more = sample_round(step, rounds - 1)
+                sampled += len(samples) // n
+                for k, (num, den) in more.items():
+                    num_before, den_before = counts.get(k, (0, 0))
+                    counts[k] = (num_before + num, den_before + den)
+            else:
+                samples, rewards = [], torch.zeros(0)
+        topped_up = max(0, need - len(kept))
+        batch = kept[:need] + dropped[:topped_up]                      # at the cap: equal-reward groups fill up
+        stats = dict(kept=min(len(kept), need), sampled=sampled, rounds=rounds, topped_up=topped_up)
+        return ([s for grp, _ in batch for s in grp], torch.cat([r for _, r in batch]), counts, stats)
 
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not info.is_main)
     with GracefulStop() as stop:
         for step in bar:
-            t0 = time.time()
-            idx = shard(batch_indices(len(rows), args.prompts_per_step, step, args.seed), info.rank, info.world_size)
+            seconds = {"sample": 0.0, "judge": 0.0}                # sample_round adds to both
             model.eval()
-            samples = sampler.generate([prompt_ids[i] for i in idx], params, generator=gen)
+            samples, rewards, counts, filter_stats = collect(step)
             t1 = time.time()
-            rewards, counts = reward_fn([rows[i] for i in idx], samples)     # (N,), rollouts group after group
             lengths = torch.tensor([len(s.token_ids) for s in samples], dtype=torch.float32)
             if args.overlong_buffer:
                 rewards = rewards + grpo.overlong_penalty(lengths, args.max_new_tokens, args.overlong_buffer)
             adv = grpo.group_advantages(rewards, args.group_size)
             t2 = time.time()
-            ro = Rollouts([prompt_ids[idx[s.prompt_index]] for s in samples], [s.token_ids for s in samples],
-                          [s.logprobs for s in samples], adv)
+            rollouts = Rollouts([prompt_ids[s.prompt_index] for s in samples], [s.token_ids for s in samples],
+                                [s.logprobs for s in samples], adv)
             try:
-                stats = ppo_update(ddp, opt, sched, ro, cfg, info.world_size, ref_model)
+                update_stats = ppo_update(trained, opt, sched, rollouts, cfg, info.world_size, ref_model)
             except FloatingPointError as e:
                 raise SystemExit(f"step {step + 1}: {e}; stopping, the last checkpoint is left as it was")
+            rollout.refresh()                                      # once per RL step: the sampler's weights
             t3 = time.time()
             groups = rewards.view(-1, args.group_size)
             counts.update(reward=(rewards.sum().item(), len(rewards)),
@@ -288,19 +254,31 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
                           truncated=(sum(s.finish_reason == "length" for s in samples), len(samples)),
                           zero_var_groups=(((groups == groups[:, :1]).all(1)).sum().item(), len(groups)))
             keys = sorted(counts)
-            tot = all_reduce_sum(torch.tensor([x for k in keys for x in counts[k]], dtype=torch.float64,
-                                              device=info.device)).tolist()
-            mx = torch.tensor([lengths.max().item()], device=info.device)
+            totals = all_reduce_sum(torch.tensor([x for k in keys for x in counts[k]], dtype=torch.float64,
+                                                 device=info.device)).tolist()
+            longest = torch.tensor([lengths.max().item()], device=info.device)
             if info.world_size > 1:
-                torch.distributed.all_reduce(mx, op=torch.distributed.ReduceOp.MAX)
-            line = {"step": step + 1, **{k: tot[2 * i] / tot[2 * i + 1] if tot[2 * i + 1] else None for i, k in enumerate(keys)},
-                    "response_len_max": mx.item(), **stats,
-                    "time_sample": t1 - t0, "time_judge": t2 - t1, "time_train": t3 - t2}
+                torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+            line = {"step": step + 1,
+                    **{k: totals[2 * i] / totals[2 * i + 1] if totals[2 * i + 1] else None for i, k in enumerate(keys)},
+                    "response_len_max": longest.item(), **update_stats,
+                    "time_sample": seconds["sample"], "time_judge": seconds["judge"] + t2 - t1, "time_train": t3 - t2}
+            if filter_stats is not None:                           # what the step trained on, summed over ranks
+                f = torch.tensor([float(filter_stats[k]) for k in ("kept", "sampled", "topped_up")], device=info.device)
+                kept, sampled, topped_up = all_reduce_sum(f).tolist()
+                rounds = torch.tensor([float(filter_stats["rounds"])], device=info.device)
+                if info.world_size > 1:
+                    torch.distributed.all_reduce(rounds, op=torch.distributed.ReduceOp.MAX)
+                line.update(kept_groups=int(kept), sampled_groups=int(sampled), sampling_rounds=int(rounds.item()),
+                            filter_cap_hit=int(topped_up > 0))
+                if topped_up:
+                    dist.print0(f"step {step + 1}: --filter-max-rounds {args.filter_max_rounds} reached with "
+                                f"{int(kept)} of {args.prompts_per_step} mixed-reward groups; "
+                                f"{int(topped_up)} equal-reward groups fill the batch")
             if info.device.type == "cuda":                          # policy + GenRM + optimizer + activations
                 line["max_memory_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
             if info.is_main:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(line) + "\n")
+                log_metrics(metrics_path, line)
                 bar.set_postfix({k: round(line[k], 3) for k in ("accuracy", "fp_ratio") if line.get(k) is not None})
             last = step + 1 == args.steps
             stopping = stop.should_stop(info.device)

@@ -9,6 +9,7 @@ short supervised run on teacher traces; this file is that run, reused for both.
 
 Rows of the jsonl file: {"prompt": str, "completion": str}. The loss covers the
 completion tokens and the EOS after them, never the prompt (mean over those tokens).
+Runs on the GPU when there is one (bf16 autocast, fp32 weights and AdamW), else the CPU.
 Simplified away: one process only (the toy runs take minutes), no resume.
 """
 import argparse
@@ -17,6 +18,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
@@ -85,11 +87,13 @@ def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None)
         return 0.1 + 0.45 * (1 + math.cos(math.pi * (s - n_warm) / max(1, steps - n_warm)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     device = next(model.parameters()).device
+    ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.train()
     losses = []
     bar = tqdm(range(steps), desc="sft", disable=log is None)
     for step in bar:
-        loss = sft_loss(model, pack(rng.sample(examples, min(batch_size, len(examples))), device))
+        with ac:
+            loss = sft_loss(model, pack(rng.sample(examples, min(batch_size, len(examples))), device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -117,14 +121,15 @@ def main():
     if bool(args.model) == bool(args.new_model):
         ap.error("give exactly one of --model and --new-model")
     tok = load_tokenizer(args.tokenizer or args.model)
-    model = load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = (load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)).to(device)
     with open(args.data) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise SystemExit(f"{args.data}: no rows")
     examples = tokenize_pairs([(r["prompt"], r["completion"]) for r in rows], tok)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps")
+    print(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps on {device}")
     t0 = time.time()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "sft_log.jsonl"), "w") as log:

@@ -9,6 +9,7 @@ anyone rents a node.
 
     --like qwen2   Qwen2.5-Math-1.5B's switches: q/k/v bias, GQA, tied head, rope_theta 1e4,
                    4096 positions, EOS = <|endoftext|> (a base model)
+    --like qwen2-untied   Qwen2.5-Math-7B's: the same, with its own lm_head (no tie)
     --like qwen3   Qwen3-4B-Instruct-2507's switches: QK-norm, no bias, GQA, head_dim != hidden /
                    heads, tied head, rope_theta 5e6, EOS = <|im_end|> (a chat model)
 
@@ -42,8 +43,10 @@ CHAT_TEMPLATE = (
 
 # the real checkpoint's architecture switches; sizes are tiny
 LIKE = {
-    "qwen2": dict(config=Qwen2Config, eos=ENDOFTEXT, head_dim=None, rope_theta=1e4, max_positions=4096),
-    "qwen3": dict(config=Qwen3Config, eos=IM_END, head_dim=32, rope_theta=5e6, max_positions=262144),
+    "qwen2": dict(config=Qwen2Config, eos=ENDOFTEXT, head_dim=None, rope_theta=1e4, max_positions=4096, tied=True),
+    "qwen2-untied": dict(config=Qwen2Config, eos=ENDOFTEXT, head_dim=None, rope_theta=1e4, max_positions=4096,
+                         tied=False),
+    "qwen3": dict(config=Qwen3Config, eos=IM_END, head_dim=32, rope_theta=5e6, max_positions=262144, tied=True),
 }
 
 
@@ -67,7 +70,7 @@ def make_tiny(like: str, out, seed: int = 0):
     if spec["head_dim"]:
         sizes["head_dim"] = spec["head_dim"]
     cfg = spec["config"](
-        vocab_size=len(tok), **sizes, tie_word_embeddings=True, max_position_embeddings=spec["max_positions"],
+        vocab_size=len(tok), **sizes, tie_word_embeddings=spec["tied"], max_position_embeddings=spec["max_positions"],
         rope_parameters={"rope_type": "default", "rope_theta": spec["rope_theta"]},
         bos_token_id=tok.convert_tokens_to_ids(ENDOFTEXT), eos_token_id=tok.eos_token_id,
         pad_token_id=tok.convert_tokens_to_ids(ENDOFTEXT))

@@ -185,6 +185,7 @@ def test_genrm_recipe_dry_run(tmp_path):
                  mini_batches=1, grad_checkpointing=True)
     assert {k: cfg[k] for k in paper} == paper
     assert (cfg["group_size"], cfg["prompts_per_step"], cfg["max_new_tokens"], cfg["overlong_buffer"]) == (2, 2, 16, 8)
+    assert cfg["fsdp"] is True and cfg["rollout_max_rows"] == 32                 # the 4B GenRM under FSDP2
     lines = metrics(tmp_path)
     assert [m["step"] for m in lines] == [1, 2]
     for m in lines:
@@ -196,10 +197,13 @@ def test_genrm_recipe_dry_run(tmp_path):
     assert load_model(tmp_path / "ckpt" / "step_00000002" / "model").cfg.model_type == "qwen3"
 
 
-@pytest.mark.parametrize("arm, lam, judge", [("fapo", 1.0, "genrm"), ("grpo", 0.0, "none")])
-def test_policy_recipe_dry_run(tmp_path, tiny_dirs, arm, lam, judge):
-    r = run_recipe("policy_qwen25_math_1p5b.sh", tmp_path, ARM=arm,
-                   tiny={"tiny_policy": tiny_dirs["qwen2"], "tiny_genrm": tiny_dirs["qwen3"]})
+@pytest.mark.parametrize("script, arm, lam, judge", [("policy_qwen25_math_1p5b.sh", "fapo", 1.0, "genrm"),
+                                                     ("policy_qwen25_math_1p5b.sh", "grpo", 0.0, "none"),
+                                                     ("policy_qwen25_math_7b.sh", "fapo", 1.0, "genrm")])
+def test_policy_recipe_dry_run(tmp_path, tiny_dirs, script, arm, lam, judge):
+    is_7b = "7b" in script
+    r = run_recipe(script, tmp_path, ARM=arm, tiny={"tiny_genrm": tiny_dirs["qwen3"],
+                                                    **({} if is_7b else {"tiny_policy": tiny_dirs["qwen2"]})})
     assert r.returncode == 0, r.stderr[-3000:]
     train = load_rows(tmp_path / "dapo_train.jsonl")
     assert [row["prompt"][0]["content"] for row in train] == [
@@ -207,8 +211,13 @@ def test_policy_recipe_dry_run(tmp_path, tiny_dirs, arm, lam, judge):
     cfg = json.loads((tmp_path / "config.json").read_text())
     paper = dict(lam=lam, judge=judge, group_size=8, temperature=1.0, top_p=1.0, lr=1e-6, warmup=10,
                  weight_decay=0.1, grad_clip=1.0, clip_low=0.2, clip_high=0.28, dual_clip=10.0,
-                 loss_agg="token-mean", kl_coef=0.0, mini_batches=1, grad_checkpointing=True, genrm_temperature=0.0)
+                 loss_agg="token-mean", kl_coef=0.0, grad_checkpointing=True, genrm_temperature=0.0)
     assert {k: cfg[k] for k in paper} == paper
+    # mini-batches of 32 prompts, the paper's: 128 / 4 (1.5B, DDP) and 64 / 2 (7B, FSDP2)
+    assert (cfg["mini_batches"], cfg["fsdp"]) == ((2, True) if is_7b else (4, False))
+    assert (cfg["rollout_max_rows"], cfg["genrm_max_rows"]) == (128, 24)
+    policy = load_model(tmp_path / "ckpt" / "step_00000002" / "model").cfg
+    assert (policy.model_type, policy.tie_word_embeddings) == ("qwen2", not is_7b)   # 7B: its own lm_head
     # the GRPO arm keeps the GenRM as a measuring instrument (judge_fp_ratio), as the paper tracks it
     assert cfg["genrm"] == str(tmp_path / "tiny_genrm") and cfg["genrm_max_new_tokens"] == 8
     lines = metrics(tmp_path)
@@ -216,7 +225,8 @@ def test_policy_recipe_dry_run(tmp_path, tiny_dirs, arm, lam, judge):
     for m in lines:
         assert 0.0 <= m["accuracy"] <= 1.0 and "judge_fp_ratio" in m
         assert m["logp_gap"] < 1e-4 and m["response_len_max"] <= 16
-    assert lines[1]["lr"] == pytest.approx(3e-7)
+    updates = 2 * cfg["mini_batches"]                       # optimizer steps in 2 RL steps
+    assert lines[1]["lr"] == pytest.approx(1e-6 * (updates + 1) / 10)     # still in the 10-update warm-up
 
 
 def test_policy_recipe_errors(tmp_path, tiny_dirs):

@@ -10,6 +10,7 @@ traces, only so that it sometimes writes EOS: responses then differ in length, t
 overlong penalty (--overlong-buffer 8) spreads the rewards, and the advantages, gradients
 and Adam moments are not all zero (a random model never says EOS, nor is ever right, so
 every update would be zero and a broken resume would go unseen).
+The last test runs under torchrun with --fsdp (FSDP2, 2 gloo ranks).
 Simplified away: DDP (tests/test_rl.py), GPU, and the GenRM judge (--judge oracle).
 """
 import json
@@ -42,15 +43,15 @@ def cmd(model, data, out, *extra):
             *SMALL, *map(str, extra)]
 
 
-def run(argv, timeout=120):
-    return subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run(argv, timeout=120, env=ENV):
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def start(argv, log_dir: Path):
+def start(argv, log_dir: Path, env=ENV):
     """A background run; stdout / stderr go to files (a pipe nobody reads could block the child)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout", "w") as so, open(log_dir / "stderr", "w") as se:
-        return subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=so, stderr=se)
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=so, stderr=se)
 
 
 def wait_until(cond, proc, timeout=120):
@@ -297,3 +298,62 @@ def test_nonfinite_grad_norm_stops_naming_the_step(world, tmp_path):
     assert sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()) == sorted(listed + ["COMPLETE"])
     assert torch.load(ckpt / "state.pt", weights_only=True)["step"] == 1
     assert all(torch.isfinite(w).all() for w in load_file(ckpt / "model" / "model.safetensors").values())
+
+
+# ----------------------------------------------------------------------------
+# FSDP2 (--fsdp, 2 gloo ranks): a rank killed with SIGKILL, then the same command, equals a run never stopped
+
+GLOO = {**ENV, "CUDA_VISIBLE_DEVICES": ""}       # two CPU ranks even on a GPU machine
+
+
+def torchrun_cmd(model, data, out, *extra):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            *cmd(model, data, out, "--fsdp", *extra)[1:]]
+
+
+def children(pid):
+    """Process ids whose parent is `pid` (torchrun's workers), read from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def sharded_optimizer(ckpt, tmp_path):
+    """The DCP folder of a checkpoint as one plain state dict (DCP's own single-process converter)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dst = tmp_path / f"{ckpt.parent.parent.parent.name}-{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt / "sharded", dst)
+    return torch.load(dst, weights_only=False)
+
+
+def test_fsdp_sigkill_then_rerun_equals_uninterrupted_run(world, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    res = run(torchrun_cmd(*world, ref, "--steps", 2, "--save-every", 1), timeout=300, env=GLOO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = start(torchrun_cmd(*world, out, "--steps", 2, "--save-every", 1), tmp_path / "log", env=GLOO)
+    wait_until(lambda: (out / "ckpt" / "step_00000001" / "COMPLETE").exists(), proc, timeout=300)
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)                                    # rank 1 dies; torchrun stops rank 0
+    assert proc.wait(120) != 0, "the run ended on its own: the kill came too late"
+    resume_at = int(latest_checkpoint(out, 2).name.removeprefix("step_"))
+    assert resume_at == 1, f"killed after step {resume_at}: too late to test anything"
+
+    res = run(torchrun_cmd(*world, out, "--steps", 2, "--save-every", 1), timeout=300, env=GLOO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming from {out / 'ckpt' / f'step_{resume_at:08d}'} at step {resume_at}" in res.stdout
+    assert metrics(out) == metrics(ref)
+    assert any(m["grad_norm"] > 0 for m in metrics(ref))
+    a, b = ref / "ckpt" / "step_00000002", out / "ckpt" / "step_00000002"
+    assert_same(load_file(a / "model" / "model.safetensors"), load_file(b / "model" / "model.safetensors"), "weights")
+    assert_same(sharded_optimizer(a, tmp_path), sharded_optimizer(b, tmp_path), "optimizer")
+    assert "optimizer" not in torch.load(a / "state.pt", weights_only=True)   # AdamW lives only in the shards
+    for r in range(2):
+        ra, rb = (torch.load(d / f"rank{r}.pt", weights_only=True) for d in (a, b))
+        assert_same((ra["rng"]["torch"], ra["sampler_rng"]), (rb["rng"]["torch"], rb["sampler_rng"]), "rng")

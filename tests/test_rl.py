@@ -1,4 +1,4 @@
-"""Tests of the RL update and loop (fapo_mini/rl.py, train_policy.py, train_genrm.py).
+"""Tests of the RL update and loop (fapo_mini/update.py, rl.py, train_policy.py, train_genrm.py).
 
 Why this file exists: the GRPO update is where silent bugs hide (an off-by-one in the
 packed log-prob positions, a token-mean normaliser that is per micro-batch or per rank,
@@ -26,7 +26,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from fapo_mini import dist, grpo, rl, sft, toycritic, toyworld
+from fapo_mini import dist, grpo, sft, toycritic, toyworld, update
 from fapo_mini.model import load_model, save_model
 from fapo_mini.sampler import Sampler, SamplingParams
 
@@ -56,12 +56,12 @@ def sample_rollouts(model, tok, temperature):
     samples = Sampler(model, tok).generate(prompts, SamplingParams(n=GROUP, temperature=temperature,
                                                                    max_new_tokens=max(KEEP)))
     assert all(len(s.token_ids) >= k for s, k in zip(samples, KEEP)), "a sample ended early; change the seed"
-    return rl.Rollouts([prompts[s.prompt_index] for s in samples], [s.token_ids[:k] for s, k in zip(samples, KEEP)],
+    return update.Rollouts([prompts[s.prompt_index] for s in samples], [s.token_ids[:k] for s, k in zip(samples, KEEP)],
                        [s.logprobs[:k] for s, k in zip(samples, KEEP)], grpo.group_advantages(REWARDS, GROUP))
 
 
 def subset(ro, ids):
-    return rl.Rollouts([ro.prompt_ids[i] for i in ids], [ro.response_ids[i] for i in ids],
+    return update.Rollouts([ro.prompt_ids[i] for i in ids], [ro.response_ids[i] for i in ids],
                        [ro.old_logp[i] for i in ids], ro.advantages[ids])
 
 
@@ -98,21 +98,21 @@ def assert_same_params(a, b, atol):
 def test_sampler_logprobs_match_trainer(model_dir, tok, temperature):
     model = load_model(model_dir).eval()
     ro = sample_rollouts(model, tok, temperature)
-    b = rl.pack(ro, range(len(ro.response_ids)), "cpu")
+    b = update.pack(ro, range(len(ro.response_ids)), "cpu")
     with torch.no_grad():
-        packed = rl.response_logprobs(model, b, temperature)                     # (T_r,)
+        packed = update.response_logprobs(model, b, temperature)                     # (T_r,)
         loop = torch.cat(loop_logprobs(model, ro, temperature))
-        other_t = rl.response_logprobs(model, b, 1.7 - temperature)
+        other_t = update.response_logprobs(model, b, 1.7 - temperature)
     assert (packed - b["old"]).abs().max() < 1e-5                                 # sampler == packed trainer
     assert (packed - loop).abs().max() < 1e-5                                     # packed == one by one
     assert (other_t - b["old"]).abs().max() > 1e-2                                # the check sees the temperature
     opt, sched = constant_sgd(model, 0.0)
-    stats = rl.ppo_update(model, opt, sched, ro, rl.UpdateConfig(temperature=temperature))
+    stats = update.ppo_update(model, opt, sched, ro, update.UpdateConfig(temperature=temperature))
     assert stats["logp_gap"] == pytest.approx((packed - b["old"]).abs().mean().item(), abs=1e-7)
     assert stats["logp_gap"] < 1e-5 and stats["clip_frac"] == 0.0 and stats["kl_to_sampler"] < 1e-9
     # old_logp = the trainer's own log-probs: the first ratio is 1 up to fp32 rounding (another pack order)
     ro.old_logp = [x.tolist() for x in packed.split([len(r) for r in ro.response_ids])]
-    stats = rl.ppo_update(model, opt, sched, ro, rl.UpdateConfig(temperature=temperature, mini_batches=2),
+    stats = update.ppo_update(model, opt, sched, ro, update.UpdateConfig(temperature=temperature, mini_batches=2),
                           generator=torch.Generator().manual_seed(0))
     assert stats["logp_gap"] < 1e-6 and stats["kl_to_sampler"] < 1e-12 and stats["clip_frac"] == 0.0
     assert 0 < stats["entropy"] < math.log(len(tok))
@@ -137,8 +137,8 @@ def test_adamw_step_matches_hand_computation(model_dir, tok):
     before = params(model)
     # AdamW step 1: m_hat = g, v_hat = g^2, so p <- p (1 - lr wd) - lr g / (|g| + eps)
     expect = {k: before[k] * (1 - lr * wd) - lr * scale * g[k] / (scale * g[k].abs() + 1e-8) for k in before}
-    opt, sched = rl.make_optimizer(model, lr, warmup_steps=1, weight_decay=wd)
-    stats = rl.ppo_update(model, opt, sched, ro, rl.UpdateConfig(grad_clip=clip))
+    opt, sched = update.make_optimizer(model, lr, warmup_steps=1, weight_decay=wd)
+    stats = update.ppo_update(model, opt, sched, ro, update.UpdateConfig(grad_clip=clip))
     after = params(model)
     # g / (|g| + eps) is ill-conditioned where |g| is near the float error of g (~1e-8): compare elsewhere
     sure = {k: scale * g[k].abs() > 1e-6 for k in g}
@@ -161,9 +161,9 @@ def test_micro_batching_invariance(model_dir, tok, loss_agg):
     for micro_tokens in (10_000, 40):  # one micro-batch per mini-batch vs one or two rollouts each
         model = copy.deepcopy(base)
         opt, sched = constant_sgd(model, 0.5)    # SGD: an error in the gradient's scale is not normalised away
-        cfg = rl.UpdateConfig(mini_batches=2, micro_tokens=micro_tokens, loss_agg=loss_agg, max_response=max(KEEP),
+        cfg = update.UpdateConfig(mini_batches=2, micro_tokens=micro_tokens, loss_agg=loss_agg, max_response=max(KEEP),
                               grad_clip=1e9)
-        stats = rl.ppo_update(model, opt, sched, ro, cfg, generator=torch.Generator().manual_seed(0))
+        stats = update.ppo_update(model, opt, sched, ro, cfg, generator=torch.Generator().manual_seed(0))
         results.append((params(model), stats))
     (p_one, s_one), (p_many, s_many) = results
     assert_same_params(p_one, p_many, atol=1e-6)
@@ -195,10 +195,10 @@ def run_update(model, ro, config, world_size, seed):
     if opt_name == "sgd":
         opt, sched, clip = *constant_sgd(model, 0.5), 1e9
     else:
-        (opt, sched), clip = rl.make_optimizer(model, 1e-3, warmup_steps=1), 1.0
-    cfg = rl.UpdateConfig(mini_batches=mini_batches, micro_tokens=micro_tokens, loss_agg=loss_agg,
+        (opt, sched), clip = update.make_optimizer(model, 1e-3, warmup_steps=1), 1.0
+    cfg = update.UpdateConfig(mini_batches=mini_batches, micro_tokens=micro_tokens, loss_agg=loss_agg,
                           max_response=max(KEEP), grad_clip=clip)
-    return rl.ppo_update(model, opt, sched, ro, cfg, world_size, generator=torch.Generator().manual_seed(seed))
+    return update.ppo_update(model, opt, sched, ro, cfg, world_size, generator=torch.Generator().manual_seed(seed))
 
 
 def ddp_worker(rank, port, model_dir, ro, out_dir):
@@ -292,13 +292,15 @@ def mixed_policy_dir(tmp_path_factory, tok, toy_problems):
 
 
 def run_script(script, args, nproc=1):
-    """python SCRIPT or torchrun --nproc_per_node=nproc SCRIPT (gloo on CPU); fails the test on a non-zero exit."""
+    """python SCRIPT or torchrun --nproc_per_node=nproc SCRIPT (gloo on CPU); fails the test on a non-zero exit.
+    Returns its stdout."""
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                     f"--nproc_per_node={nproc}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     res = subprocess.run(launcher + [str(ROOT / script)] + [str(a) for a in args], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout
 
 
 def metrics(out):

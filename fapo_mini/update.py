@@ -1,0 +1,185 @@
+"""One GRPO update on a batch of rollouts: the piece train_policy.py and train_genrm.py share.
+
+Why this file exists: the policy and the GenRM are both trained with GRPO; they differ
+only in how a rollout is rewarded. Everything after the advantages (packing, PPO
+mini-batches, micro-batches with gradient accumulation, the global token-mean
+normaliser, DDP / FSDP2, clipping, metrics) lives here once. The run loop around it
+(sampling, rewards, logging, checkpoints) is rl.py.
+
+    rollouts --pack--> (T,) packed tokens --forward--> log-probs of response tokens
+             --grpo.clipped_loss--> per-token loss --grpo.aggregate--> backward
+
+The DDP trick (nanoGPT style): only the last micro-batch of a mini-batch syncs
+gradients (`no_sync` on the others), and DDP *averages* gradients over ranks. Our
+loss is already divided by the GLOBAL token count (all-reduced once per mini-batch),
+so each rank multiplies its loss by world_size to turn DDP's average back into a sum.
+FSDP2 also averages (its reduce-scatter), so the same factor holds; it reduce-scatters
+after every micro-batch, so there every rank runs the same number of micro-batches.
+"""
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from fapo_mini import grpo
+from fapo_mini.dist import all_reduce_sum
+
+
+@dataclass
+class Rollouts:
+    """This rank's rollouts of one step, group after group (n per prompt)."""
+    prompt_ids: list          # list[list[int]], one per rollout
+    response_ids: list        # list[list[int]]
+    old_logp: list            # list[list[float]], the sampler's log-probs
+    advantages: torch.Tensor  # (N,)
+
+
+@dataclass
+class UpdateConfig:
+    temperature: float = 1.0          # the rollout temperature: log-probs are of logits / T
+    mini_batches: int = 1             # optimizer steps per RL step
+    micro_tokens: int = 4096          # max packed tokens per forward
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float = 10.0
+    loss_agg: str = "token-mean"
+    max_response: int = 0             # for seq-mean-token-sum-norm
+    grad_clip: float = 1.0
+    kl_coef: float = 0.0
+
+
+def pack(rollouts: Rollouts, idx, device):
+    """Rollouts idx -> packed tensors. Only response tokens are scored: `sel` are the
+    positions whose NEXT token is a response token (T_r of them)."""
+    ids, pos, sel, tgt, old, adv, seq, lens = [], [], [], [], [], [], [], []
+    off = 0
+    for j, i in enumerate(idx):
+        p, r = rollouts.prompt_ids[i], rollouts.response_ids[i]
+        ids += p + r
+        pos += range(len(p) + len(r))
+        sel += range(off + len(p) - 1, off + len(p) + len(r) - 1)
+        tgt += r
+        old += rollouts.old_logp[i]
+        adv += [float(rollouts.advantages[i])] * len(r)
+        seq += [j] * len(r)
+        lens.append(len(p) + len(r))
+        off += len(p) + len(r)
+    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)
+    cu = torch.nn.functional.pad(t(lens).cumsum(0), (1, 0)).to(torch.int32)
+    return dict(ids=t(ids), pos=t(pos), cu=cu, max_len=max(lens), sel=t(sel), tgt=t(tgt),
+                old=t(old, torch.float32), adv=t(adv, torch.float32), seq=t(seq))
+
+
+def micro_batches(idx, rollouts: Rollouts, max_tokens, at_least=1):
+    """Split rollout indices into consecutive chunks of at most max_tokens packed tokens;
+    then, while there are fewer than `at_least` chunks, halve the longest one (FSDP2: every
+    rank must run as many forwards as the rank with the most)."""
+    out, cur, n = [], [], 0
+    for i in idx:
+        L = len(rollouts.prompt_ids[i]) + len(rollouts.response_ids[i])
+        if cur and n + L > max_tokens:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += L
+    out.append(cur)
+    while len(out) < at_least:
+        k = max(range(len(out)), key=lambda j: len(out[j]))
+        if len(out[k]) < 2:
+            raise ValueError(f"cannot split {len(idx)} rollouts into {at_least} micro-batches")
+        half = len(out[k]) // 2
+        out[k:k + 1] = [out[k][:half], out[k][half:]]
+    return out
+
+
+def response_logprobs(model, batch, temperature, with_entropy=False):
+    hidden = model(batch["ids"], batch["pos"], batch["cu"], batch["max_len"])   # (T, C), through DDP / FSDP2
+    inner = getattr(model, "module", model)
+    return inner.token_logprobs(hidden[batch["sel"]], batch["tgt"], temperature, with_entropy=with_entropy)
+
+
+# token-summed statistics of one update, all-reduced once at the end
+SUMS = ("clipped",          # tokens whose ratio was clipped
+        "kl_to_sampler",    # k3 KL(sampler || trainer)
+        "entropy",          # the trainer's entropy
+        "logp_gap",         # |trainer - sampler| log-prob, first mini-batch only (before any step)
+        "tokens",           # response tokens
+        "tokens_first")     # response tokens of the first mini-batch
+
+
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfig, world_size=1,
+               ref_model=None, generator=None):
+    """PPO/GRPO update over this rank's rollouts, `cfg.mini_batches` optimizer steps.
+    `model` may be DDP-wrapped or FSDP2-sharded. Returns metrics averaged over all ranks."""
+    device = next(model.parameters()).device
+    N = len(rollouts.response_ids)
+    if N % cfg.mini_batches:
+        raise ValueError(f"{N} rollouts per rank do not split into {cfg.mini_batches} mini-batches")
+    order = torch.randperm(N, generator=generator).tolist()
+    mb_size = N // cfg.mini_batches
+    ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    fsdp = _is_fsdp(model)
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in SUMS}
+    grad_norms = []
+    model.train()
+    for m in range(cfg.mini_batches):
+        idx = order[m * mb_size:(m + 1) * mb_size]
+        counts = torch.tensor([sum(len(rollouts.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64,
+                              device=device)
+        n_tok, n_seq = all_reduce_sum(counts).tolist()                      # global, once per optimizer step
+        denom = grpo.loss_denominator(cfg.loss_agg, n_tok, n_seq)
+        micros = micro_batches(idx, rollouts, cfg.micro_tokens)
+        if fsdp:                                   # every rank: as many forwards as the rank with the most
+            n_micro = torch.tensor([float(len(micros))], device=device)
+            if world_size > 1:
+                torch.distributed.all_reduce(n_micro, op=torch.distributed.ReduceOp.MAX)
+            micros = micro_batches(idx, rollouts, cfg.micro_tokens, at_least=int(n_micro.item()))
+        for k, mi in enumerate(micros):
+            batch = pack(rollouts, mi, device)
+            sync = k == len(micros) - 1 or not hasattr(model, "no_sync")
+            with nullcontext() if sync else model.no_sync():                 # only the last micro-batch syncs
+                with ac:
+                    logp, ent = response_logprobs(model, batch, cfg.temperature, with_entropy=True)
+                    per_tok, clip_stats = grpo.clipped_loss(logp, batch["old"], batch["adv"], cfg.clip_low,
+                                                            cfg.clip_high, cfg.dual_clip)
+                    if ref_model is not None:
+                        with torch.no_grad():
+                            ref = response_logprobs(ref_model, batch, cfg.temperature)
+                        per_tok = per_tok + cfg.kl_coef * grpo.kl_k3(logp, ref)   # k3 KL penalty in the loss
+                    loss = grpo.aggregate(per_tok, batch["seq"], cfg.loss_agg, denom, cfg.max_response) * world_size
+                loss.backward()
+            gap = logp.detach() - batch["old"]
+            first = m == 0
+            sums["clipped"] += clip_stats["clipped"].sum().double()
+            sums["kl_to_sampler"] += grpo.kl_k3(batch["old"], logp.detach()).sum().double()
+            sums["entropy"] += ent.sum().double()
+            sums["logp_gap"] += (gap.abs().sum() if first else gap.new_zeros(())).double()
+            sums["tokens"] += float(len(logp))
+            sums["tokens_first"] += float(len(logp)) if first else 0.0
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if isinstance(grad_norm, DTensor):                                    # FSDP2: the norm over all shards
+            grad_norm = grad_norm.full_tensor()
+        grad_norms.append(grad_norm.item())
+        if not math.isfinite(grad_norms[-1]):
+            raise FloatingPointError(f"grad norm is {grad_norms[-1]}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    total = dict(zip(SUMS, all_reduce_sum(torch.stack([sums[k] for k in SUMS])).tolist()))
+    return {"clip_frac": total["clipped"] / total["tokens"], "kl_to_sampler": total["kl_to_sampler"] / total["tokens"],
+            "entropy": total["entropy"] / total["tokens"], "logp_gap": total["logp_gap"] / max(total["tokens_first"], 1),
+            "grad_norm": sum(grad_norms) / len(grad_norms), "lr": scheduler.get_last_lr()[0]}
+
+
+def make_optimizer(model, lr, warmup_steps, weight_decay=0.1):
+    """AdamW with linear warm-up then a constant rate (docs/method.md §8: constant after warm-up)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    return opt, sched
