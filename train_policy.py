@@ -19,7 +19,9 @@ import argparse
 import torch
 
 from fapo_mini import grpo, rl, toyworld
+from fapo_mini.errors import UserError, cli
 from fapo_mini.genrm import FlawDetector
+from fapo_mini.preflight import check_run_inputs
 from fapo_mini.verify import is_correct
 
 
@@ -34,6 +36,9 @@ def main():
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
         ap.error("--judge genrm needs --genrm DIR")
+    rows = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
+    if args.judge == "oracle" and not all(r.get("data_source") == "toyworld" for r in rows):
+        raise UserError(f"--judge oracle needs toy-world data (data_source 'toyworld' in every row of {args.data})")
 
     detector = None
     if args.genrm:
@@ -41,8 +46,8 @@ def main():
         try:
             detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
                                     trust_remote_code=args.trust_remote_code)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
+        except UserError as e:
+            raise UserError(f"--genrm: {e}") from None
 
     def reward_fn(rows, samples):
         n = len(samples)
@@ -72,4 +77,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
