@@ -136,14 +136,16 @@ def test_train_genrm_subprocess_label_out_of_range(tmp_path, dirs):
 
 
 def test_train_genrm_torchrun_every_rank_exits(tmp_path, dirs):
+    """Truncated weights: found by load_model inside the loop's setup, after the process group is up."""
+    data = write_jsonl(tmp_path / "c.jsonl", [critic_row(0, 2)] * 4)
     status, output, last = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "train_genrm.py",
-                                      "--model", str(dirs["good"]), "--data", str(dirs["critic_bad_label"]),
+                                      "--model", str(dirs["truncated"]), "--data", str(data),
                                       "--out", str(tmp_path / "run"), "--prompts-per-step", "2")
     # torchrun's launcher reports a failed worker with its own ChildFailedError traceback (frames in
     # torch/distributed/run.py); the workers themselves must show none: no frame from this repository
     assert status != 0 and f'File "{ROOT}' not in output, output
     # the first rank to fail says why; torchrun then ends the other (it may be stopped before it prints)
-    assert output.count(f"error: {dirs['critic_bad_label']}:3: field 'reward_model.ground_truth'") >= 1, output
+    assert output.count(f"error: {dirs['truncated'] / 'model.safetensors'}: unreadable safetensors file") >= 1, output
 
 
 def test_sft_subprocess_malformed_line(tmp_path, dirs):
