@@ -104,12 +104,12 @@ def main():
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--trust-remote-code", action="store_true")
     args = ap.parse_args()
-    for flag, value, ok in (("--n", args.n, args.n >= 1), ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1),
-                            ("--batch-size", args.batch_size, args.batch_size >= 1), ("--limit", args.limit, args.limit >= 0),
-                            ("--temperature", args.temperature, args.temperature >= 0),
-                            ("--top-p", args.top_p, 0 < args.top_p <= 1), ("--top-k", args.top_k, args.top_k >= 0)):
+    for flag, ok, want in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+                           ("batch_size", args.batch_size >= 1, ">= 1"), ("limit", args.limit >= 0, ">= 0"),
+                           ("temperature", args.temperature >= 0, ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+                           ("top_k", args.top_k >= 0, ">= 0")):
         if not ok:
-            ap.error(f"{flag} {value} is out of range")
+            ap.error(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
     check_output(args.out, folder=False)
 
     rows = load_rows(args.data)[:args.limit or None]

@@ -305,3 +305,12 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
     assert status == 2 and last.startswith("error: row 0: no column 'prompt' (columns: question, solution)"), last
     status, last = run_cli(monkeypatch, capsys, toyworld.main, ["toyworld", "world", "--out", str(dirs["a_file"])])
     assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
+
+
+@pytest.mark.parametrize("flag,value,line", [("--n", "0", "--n must be >= 1, got 0"),
+                                             ("--top-p", "1.5", "--top-p must be in (0, 1], got 1.5"),
+                                             ("--temperature", "-1", "--temperature must be >= 0, got -1.0")])
+def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
+    argv = ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o")]
+    status, last = run_cli(monkeypatch, capsys, rollout.main, argv + [flag, value])
+    assert status == 2 and last == f"rollout.py: error: {line}", last
