@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fapo_mini import genrm, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
 from fapo_mini.errors import UserError, cli
-from fapo_mini.model import load_model, load_tokenizer
+from fapo_mini.model import load_config, load_model, load_tokenizer
 from fapo_mini.preflight import check_critic_labels, check_output, check_prompt_lengths
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.verify import is_correct
@@ -119,6 +119,7 @@ def main():
     if critic and not args.no_score:
         check_critic_labels(rows, args.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    load_config(args.model)           # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, device).eval()
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]

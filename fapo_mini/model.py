@@ -255,6 +255,8 @@ def _read_json(path: Path) -> dict:
         d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: expected a JSON object, got {type(d).__name__}")
     return d

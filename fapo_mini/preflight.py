@@ -91,8 +91,8 @@ def check_run_inputs(args, fields) -> list[dict]:
     check_output(args.out, folder=True)
     rows = load_rows(args.data)
     validate_rows(rows, args.data, fields)
+    cfg = load_config(args.model)     # first: transformers' tokenizer loader reads config.json too
     tok = load_tokenizer(args.model, args.trust_remote_code)
-    cfg = load_config(args.model)
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompt_lengths(prompt_ids, args.max_new_tokens, cfg.max_position_embeddings, args.data)
     return rows

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fapo_mini.data import load_rows, validate_rows
 from fapo_mini.errors import UserError, cli
-from fapo_mini.model import ModelConfig, Qwen, load_model, load_tokenizer, save_model
+from fapo_mini.model import ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
 from fapo_mini.preflight import check_output
 
 
@@ -134,6 +134,8 @@ def main():
     for i, r in enumerate(rows, start=1):
         if not isinstance(r["completion"], str) or not isinstance(r["prompt"], str):
             raise UserError(f"{args.data}:{i}: 'prompt' and 'completion' must be strings")
+    if args.model:
+        load_config(args.model)       # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.tokenizer or args.model)
     model = load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)
     examples = tokenize_pairs([(r["prompt"], r["completion"]) for r in rows], tok)

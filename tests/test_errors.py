@@ -66,6 +66,8 @@ def dirs(qwen3_dir, tmp_path_factory):
         "llama": folder("llama", ["model.safetensors", *tok_files], config={"model_type": "llama"}),
         "no_tokenizer": folder("no_tokenizer", ["config.json", "model.safetensors"]),
         "bad_tokenizer": folder("bad_tokenizer", ["config.json", "model.safetensors", *tok_files]),
+        "mismatch": folder("mismatch", ["model.safetensors", *tok_files], config={"num_hidden_layers": 3, "layer_types": None}),
+        "missing_shard": folder("missing_shard", ["config.json", *tok_files]),
         "short": folder("short", ["model.safetensors", *tok_files], config={"max_position_embeddings": 24}),
         "a_file": root / "a_file",
         "policy": write_jsonl(root / "policy.jsonl", [POLICY_ROW] * 4),
@@ -82,6 +84,8 @@ def dirs(qwen3_dir, tmp_path_factory):
     }
     out["a_file"].write_text("not a folder\n")
     (out["bad_tokenizer"] / "tokenizer.json").write_text('{"version": "1.0", "model": 12}')
+    (out["missing_shard"] / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}))
     return out
 
 
@@ -185,12 +189,14 @@ def test_a_bug_keeps_its_traceback():
 # ---------------------------------------------------------------- the variants, in-process
 
 MODEL_CASES = [  # folder, what the line must name besides the path
-    ("empty", "no tokenizer files"),
+    ("empty", "no config.json"),
     ("no_config", "no config.json"),
     ("no_weights", "no model.safetensors"),
     ("truncated", "truncated or corrupt"),
     ("corrupt", "truncated or corrupt"),
     ("llama", "model_type 'llama' is not supported (supported: qwen2, qwen3)"),
+    ("mismatch", "the weights do not match config.json: missing 11 tensors (model.layers.2."),
+    ("missing_shard", "model-00001-of-00002.safetensors: missing, but model.safetensors.index.json lists it"),
     ("no_tokenizer", "no tokenizer files"),
     ("bad_tokenizer", "cannot load the tokenizer"),
     ("a_file", "is a file, not a model folder"),
@@ -204,7 +210,7 @@ def test_rollout_model_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
     assert status == 2 and last.startswith(f"error: {dirs[name]}") and what in last, last
 
 
-@pytest.mark.parametrize("name,what", MODEL_CASES)
+@pytest.mark.parametrize("name,what", [("empty", "no tokenizer files")] + MODEL_CASES[1:])  # FlawDetector: tokenizer first
 def test_rollout_genrm_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
     status, last = run_cli(monkeypatch, capsys, rollout.main,
                            ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]),
@@ -217,7 +223,7 @@ def test_rollout_genrm_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
                                                (train_genrm.main, "train_genrm.py", []),
                                                (sft.main, "sft.py", [])])
 @pytest.mark.parametrize("name,what", [("no_config", "no config.json"), ("truncated", "truncated or corrupt"),
-                                       ("empty", "no tokenizer files")])
+                                       ("no_tokenizer", "no tokenizer files")])
 def test_trainers_model_folder(monkeypatch, capsys, tmp_path, dirs, main, script, extra, name, what):
     data = {"train_policy.py": dirs["policy"], "train_genrm.py": write_jsonl(tmp_path / "c.jsonl", [critic_row(0, 2)]),
             "sft.py": write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "completion": "b"}])}[script]
