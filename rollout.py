@@ -33,7 +33,7 @@ from fapo_mini import genrm, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import load_config, load_model, load_tokenizer
-from fapo_mini.preflight import check_critic_labels, check_output, check_prompt_lengths
+from fapo_mini.preflight import check_critic_labels, check_output, check_prompts
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.verify import is_correct
 
@@ -123,7 +123,7 @@ def main():
     tok = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, device).eval()
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
-    check_prompt_lengths(prompts, args.max_new_tokens, model.cfg.max_position_embeddings, args.data)
+    check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
     detector = None  # loaded before sampling, so a bad --genrm folder fails in seconds
     if args.genrm and has_gt and not critic and not args.no_score:
         try:

@@ -16,7 +16,7 @@ only its step number, and no sampler state is ever checkpointed.
 Simplified away: streaming (every row is held in memory), filtering overlong
 prompts (a prompt that leaves no room for --max-new-tokens within the model's
 max_position_embeddings is refused before any work, by
-fapo_mini/preflight.py's check_prompt_lengths; nothing truncates), and shuffling
+fapo_mini/preflight.py's check_prompts; nothing truncates), and shuffling
 buffers.
 """
 
@@ -133,7 +133,8 @@ def prompt_text(row: dict, tokenizer) -> str:
     if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
         if not getattr(tokenizer, "chat_template", None):
             raise UserError(
-                "the prompt is a list of chat messages but the tokenizer has no chat template; "
+                f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}: the prompt is a list of chat messages "
+                "but the tokenizer has no chat template; "
                 "use a tokenizer with one, or store the prompt as a plain string"
             )
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -29,14 +29,19 @@ def check_output(path, folder: bool, flag="--out") -> None:
             break
 
 
-def check_prompt_lengths(prompt_ids: list, max_new_tokens: int, max_positions: int, source) -> None:
-    """Refuse prompts that leave no room for `max_new_tokens` within the model's
-    max_position_embeddings, and empty ones; the message counts the offending rows and
-    names the first. Nothing is truncated: cutting a math problem from the left would
-    drop its question, so the user shortens the rows or lowers --max-new-tokens."""
+def check_prompts(prompt_ids: list, source, max_new_tokens: int, max_positions: int, vocab_size: int) -> None:
+    """Refuse prompts that are empty, that leave no room for `max_new_tokens` within the
+    model's max_position_embeddings, or that hold token ids the model has no embedding for
+    (a tokenizer from another model). The message counts the offending rows and names the
+    first. Nothing is truncated: cutting a math problem from the left would drop its
+    question, so the user shortens the rows or lowers --max-new-tokens."""
     empty = [i for i, p in enumerate(prompt_ids, start=1) if not p]
     if empty:
         raise UserError(f"{source}:{empty[0]}: the prompt has no tokens ({len(empty)} such rows)")
+    foreign = [i for i, p in enumerate(prompt_ids, start=1) if max(p) >= vocab_size]
+    if foreign:
+        raise UserError(f"{source}:{foreign[0]}: token id {max(prompt_ids[foreign[0] - 1])} >= the model's vocab_size "
+                        f"{vocab_size} ({len(foreign)} such rows): the tokenizer does not belong to this model")
     limit = max_positions - max_new_tokens
     if limit < 1:
         raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: the model's "
@@ -94,5 +99,5 @@ def check_run_inputs(args, fields) -> list[dict]:
     cfg = load_config(args.model)     # first: transformers' tokenizer loader reads config.json too
     tok = load_tokenizer(args.model, args.trust_remote_code)
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
-    check_prompt_lengths(prompt_ids, args.max_new_tokens, cfg.max_position_embeddings, args.data)
+    check_prompts(prompt_ids, args.data, args.max_new_tokens, cfg.max_position_embeddings, cfg.vocab_size)
     return rows

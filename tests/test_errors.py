@@ -68,6 +68,7 @@ def dirs(qwen3_dir, tmp_path_factory):
         "bad_tokenizer": folder("bad_tokenizer", ["config.json", "model.safetensors", *tok_files]),
         "mismatch": folder("mismatch", ["model.safetensors", *tok_files], config={"num_hidden_layers": 3, "layer_types": None}),
         "missing_shard": folder("missing_shard", ["config.json", *tok_files]),
+        "small_vocab": folder("small_vocab", ["model.safetensors", *tok_files], config={"vocab_size": 100}),
         "short": folder("short", ["model.safetensors", *tok_files], config={"max_position_embeddings": 24}),
         "a_file": root / "a_file",
         "policy": write_jsonl(root / "policy.jsonl", [POLICY_ROW] * 4),
@@ -280,6 +281,15 @@ def test_prompts_too_long_for_the_model(monkeypatch, capsys, tmp_path, dirs, mai
     assert status == 2 and last == (f"error: {dirs['long']}: 2 of 4 prompts are longer than 16 tokens "
                                     "(max_position_embeddings 24 - --max-new-tokens 8), the first at row 2 with 20 "
                                     "tokens; shorten or drop them, or lower --max-new-tokens"), last
+
+
+def test_tokenizer_of_another_model(monkeypatch, capsys, tmp_path, dirs):
+    # config.json says 100 tokens; the byte tokenizer gives 'x' = 120 (row 2) and 'y' = 121 (row 4)
+    status, last = run_cli(monkeypatch, capsys, train_policy.main,
+                           ["train_policy.py", "--model", str(dirs["small_vocab"]), "--data", str(dirs["long"]),
+                            "--out", str(tmp_path / "o"), "--judge", "none"])
+    assert status == 2 and last == (f"error: {dirs['long']}:2: token id 120 >= the model's vocab_size 100 (2 such "
+                                    "rows): the tokenizer does not belong to this model"), last
 
 
 def test_out_of_the_wrong_kind(monkeypatch, capsys, tmp_path, dirs):
