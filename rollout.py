@@ -7,14 +7,17 @@ DIR is any Hugging Face Qwen2 / Qwen3 folder with a tokenizer. Each FILE row nee
 Output rows keep their input fields and add `response` and `response_ids`; rows with a
 ground truth are scored:
   * policy rows (`reward_model.ground_truth` an answer): `correct`, and `flawed` where
-    known (the toy world's oracle; a GenRM with --genrm). Summary: accuracy, avg@n,
-    unbiased pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct; on
+    known (the toy world's oracle; a GenRM with --genrm). Summary: `accuracy` = the
+    paper's avg@n (mean correctness over the n samples of every problem), unbiased
+    pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct; on
     the toy world, `kinds`: [correct, total] per kind of solution (toyworld.flaw_kind).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
     ProcessBench F1 (FAPO_SPEC 4), per sample and with a majority vote over the n samples.
 The last line printed is the JSON summary, with gen_tokens and gen_seconds (model
-loading excluded) so throughput compares with other engines.
+loading excluded) so throughput compares with other engines. Bad input (a model folder,
+the data, labels, prompts too long for the model with --max-new-tokens, --out) ends
+with one `error: ...` line before any sampling.
 """
 import argparse
 import json
@@ -28,7 +31,9 @@ from tqdm import tqdm
 
 from fapo_mini import genrm, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
-from fapo_mini.model import load_model, load_tokenizer
+from fapo_mini.errors import UserError, cli
+from fapo_mini.model import load_config, load_model, load_tokenizer
+from fapo_mini.preflight import check_critic_labels, check_output, check_prompts
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.verify import is_correct
 
@@ -45,7 +50,7 @@ def score_policy(rows, n, detector=None):
         if r.get("data_source") == "toyworld" and r["correct"]:
             r["flawed"] = toyworld.first_error(r["prompt"], r["response"]) != -1
     pos = [r for r in rows if r["correct"]]
-    out = {"accuracy": sum(r["correct"] for r in rows) / len(rows), f"avg@{n}": sum(r["correct"] for r in rows) / len(rows)}
+    out = {"accuracy": sum(r["correct"] for r in rows) / len(rows)}   # avg@n: mean correctness of all samples
     per_prompt = [sum(r["correct"] for r in rows[i:i + n]) for i in range(0, len(rows), n)]
     k = 1
     while k <= n:
@@ -99,15 +104,35 @@ def main():
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--trust-remote-code", action="store_true")
     args = ap.parse_args()
+    for flag, ok, want in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+                           ("batch_size", args.batch_size >= 1, ">= 1"), ("limit", args.limit >= 0, ">= 0"),
+                           ("temperature", args.temperature >= 0, ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+                           ("top_k", args.top_k >= 0, ">= 0")):
+        if not ok:
+            ap.error(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+    check_output(args.out, folder=False)
 
     rows = load_rows(args.data)[:args.limit or None]
     validate_rows(rows, args.data, fields=("prompt",))
+    has_gt = all(get_field(r, "reward_model.ground_truth") is not None for r in rows)
+    critic = has_gt and all(get_field(r, "extra_info.total_steps") is not None for r in rows)
+    if critic and not args.no_score:
+        check_critic_labels(rows, args.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    load_config(args.model)           # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.model, args.trust_remote_code)
-    sampler = Sampler(load_model(args.model, device).eval(), tok)
+    model = load_model(args.model, device).eval()
+    prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
+    check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
+    detector = None  # loaded before sampling, so a bad --genrm folder fails in seconds
+    if args.genrm and has_gt and not critic and not args.no_score:
+        try:
+            detector = genrm.FlawDetector(args.genrm, device, args.genrm_max_new_tokens)
+        except UserError as e:
+            raise UserError(f"--genrm: {e}") from None
+    sampler = Sampler(model, tok)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed)
-    prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
     t0, samples = time.time(), []
@@ -125,13 +150,8 @@ def main():
 
     out_rows = [dict(rows[s.prompt_index], response=s.text, response_ids=s.token_ids, finish_reason=s.finish_reason)
                 for s in samples]
-    has_gt = all(get_field(r, "reward_model.ground_truth") is not None for r in rows)
     if has_gt and not args.no_score:
-        if all(get_field(r, "extra_info.total_steps") is not None for r in rows):
-            summary.update(score_critic(out_rows, args.n))
-        else:
-            detector = genrm.FlawDetector(args.genrm, device, args.genrm_max_new_tokens) if args.genrm else None
-            summary.update(score_policy(out_rows, args.n, detector))
+        summary.update(score_critic(out_rows, args.n) if critic else score_policy(out_rows, args.n, detector))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for r in out_rows:
@@ -140,4 +160,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -16,12 +16,16 @@ import argparse
 import torch
 
 from fapo_mini import dist, genrm, rl
+from fapo_mini.errors import cli
+from fapo_mini.preflight import check_critic_labels, check_run_inputs
 
 
 def main():
     ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (FAPO_SPEC 2)")
     args = ap.parse_args()
+    fields = ("prompt", "reward_model.ground_truth", "extra_info.total_steps")
+    check_critic_labels(check_run_inputs(args, fields), args.data)   # every row before step 1
 
     def reward_fn(rows, samples):
         rewards, valid, exact, decided = [], 0, 0, 0
@@ -38,8 +42,8 @@ def main():
         counts = {"valid": (valid, n), "exact": (exact, n), "decision_acc": (decided, n)}
         return torch.tensor(rewards), counts
 
-    rl.train(args, dist.setup(), reward_fn, fields=("prompt", "reward_model.ground_truth", "extra_info.total_steps"))
+    rl.train(args, dist.setup(), reward_fn, fields=fields)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

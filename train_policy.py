@@ -22,7 +22,9 @@ import argparse
 import torch
 
 from fapo_mini import dist, grpo, rl, toyworld
+from fapo_mini.errors import UserError, cli
 from fapo_mini.genrm import FlawDetector
+from fapo_mini.preflight import check_run_inputs
 from fapo_mini.verify import is_correct
 
 
@@ -39,6 +41,9 @@ def main():
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
         ap.error("--judge genrm needs --genrm DIR")
+    rows = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
+    if args.judge == "oracle" and not all(r.get("data_source") == "toyworld" for r in rows):
+        raise UserError(f"--judge oracle needs toy-world data (data_source 'toyworld' in every row of {args.data})")
 
     info = dist.setup()
     detector = None
@@ -46,8 +51,8 @@ def main():
         try:
             detector = FlawDetector(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
                                     trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
+        except UserError as e:
+            raise UserError(f"--genrm: {e}") from None
 
     def reward_fn(rows, samples):
         n = len(samples)
@@ -77,4 +82,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

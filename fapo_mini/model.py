@@ -22,10 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 from fapo_mini.attention import kvcache_attention, varlen_attention
+from fapo_mini.errors import UserError
+
+SUPPORTED = ("qwen2", "qwen3")   # model_type values this file implements
 
 
 @dataclass
@@ -47,16 +51,22 @@ class ModelConfig:
     eos_token_id: int | list | None = None
 
     @classmethod
-    def from_hf(cls, d: dict) -> "ModelConfig":
-        if d.get("model_type") not in ("qwen2", "qwen3"):
-            raise ValueError(f"model_type {d.get('model_type')!r} is not supported (qwen2 or qwen3)")
+    def from_hf(cls, d: dict, source="config.json") -> "ModelConfig":
+        """A transformers config dict -> ModelConfig; UserError (naming `source`) for what we cannot run."""
+        if d.get("model_type") not in SUPPORTED:
+            raise UserError(f"{source}: model_type {d.get('model_type')!r} is not supported "
+                            f"(supported: {', '.join(SUPPORTED)})")
         rope = d.get("rope_parameters") or {}                     # transformers 5 form
         scaling = d.get("rope_scaling") or {}
         kind = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
         if kind != "default":
-            raise ValueError(f"rope type {kind!r} is not supported (default RoPE only)")
+            raise UserError(f"{source}: rope type {kind!r} is not supported (default RoPE only)")
         if d.get("use_sliding_window"):
-            raise ValueError("sliding-window attention is not supported")
+            raise UserError(f"{source}: sliding-window attention is not supported")
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if not isinstance(d.get(k), int)]
+        if missing:
+            raise UserError(f"{source}: needs an integer {', '.join(repr(k) for k in missing)}")
         return cls(
             vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
             intermediate_size=d["intermediate_size"], num_hidden_layers=d["num_hidden_layers"],
@@ -230,25 +240,79 @@ class Qwen(nn.Module):
 # ----------------------------------------------------------------------------
 # Hugging Face folders: config.json + safetensors (+ index) + tokenizer files
 
-def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
+def model_folder(folder) -> Path:
+    """`folder` as a Path, or a UserError when it is not an existing folder (we never download)."""
     folder = Path(folder)
+    if not folder.exists():
+        raise UserError(f"{folder}: no such model folder (a local Hugging Face folder is needed; "
+                        "download a hub model first, e.g. with `hf download`)")
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a model folder")
+    return folder
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def load_config(folder) -> ModelConfig:
+    """The ModelConfig of a Hugging Face folder's config.json, without touching the weights."""
+    folder = model_folder(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (not a Hugging Face model folder)")
-    cfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
+        raise UserError(f"{folder}: no config.json (not a Hugging Face model folder)")
+    return ModelConfig.from_hf(_read_json(folder / "config.json"), folder / "config.json")
+
+
+def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").is_file():
-        shards = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise UserError(f"{index}: no 'weight_map'")
+        shards = [folder / f for f in sorted(set(weight_map.values()))]
+        for shard in shards:
+            if not shard.is_file():
+                raise UserError(f"{shard}: missing, but {index.name} lists it")
+        return shards
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
+    hint = f" (found {', '.join(other)}: convert it to safetensors)" if other else ""
+    raise UserError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
+
+
+def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
+    """Read a Hugging Face Qwen2 / Qwen3 folder (config.json + safetensors, one file or
+    sharded with an index). Every problem with the folder is a UserError naming the file."""
+    cfg = load_config(folder)
+    folder = Path(folder)
     sd = {}
-    for shard in shards:
-        sd.update(load_file(folder / shard, device=str(device)))
-    if cfg.tie_word_embeddings:
+    for shard in _weight_files(folder):
+        try:
+            sd.update(load_file(shard, device=str(device)))
+        except SafetensorError as e:
+            raise UserError(f"{shard}: unreadable safetensors file, truncated or corrupt ({e})") from None
+    if cfg.tie_word_embeddings and "model.embed_tokens.weight" in sd:
         sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     with torch.device("meta"):
         model = Qwen(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(expected.keys() - sd.keys()), sorted(sd.keys() - expected.keys())
+    if missing or unexpected:
+        raise UserError(f"{folder}: the weights do not match config.json: "
+                        + "; ".join(f"{what} {len(ks)} tensors ({', '.join(ks[:3])}{', ...' if len(ks) > 3 else ''})"
+                                    for what, ks in (("missing", missing), ("unexpected", unexpected)) if ks))
+    for k, shape in expected.items():
+        if sd[k].shape != shape:
+            raise UserError(f"{folder}: tensor {k} has shape {tuple(sd[k].shape)}, config.json implies {tuple(shape)}")
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
     if cfg.tie_word_embeddings:  # assign=True replaced the shared tensor: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -270,9 +334,23 @@ def save_model(model: Qwen, folder, tokenizer=None):
         tokenizer.save_pretrained(folder)
 
 
+# files a tokenizer can load from: the fast tokenizer, or Qwen's slow one (vocab + merges), or sentencepiece
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(folder, trust_remote_code=False):
+    """The tokenizer of a local model folder; UserError when it is missing, unloadable or unusable."""
     from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    folder = model_folder(folder)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES) and not trust_remote_code:
+        raise UserError(f"{folder}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers and tokenizers raise ValueError, OSError or a bare Exception here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{folder}: cannot load the tokenizer: {first}") from None
     if tok.eos_token_id is None:
-        raise ValueError(f"{folder}: the tokenizer has no EOS token; generation could never stop")
+        raise UserError(f"{folder}: the tokenizer has no EOS token; generation could never stop")
+    if not tok.encode("a b 1", add_special_tokens=False):
+        raise UserError(f"{folder}: the tokenizer turns text into no tokens (broken tokenizer files?)")
     return tok

@@ -106,7 +106,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="the demo's output folder")
     args = ap.parse_args()
+    from fapo_mini.errors import UserError
     out = Path(args.out)
+    if not out.is_dir():
+        raise UserError(f"--out {out}: no such folder (the demo's output folder)")
+    evals = sorted((out / "eval").glob("*.json"))
+    if not evals:
+        raise UserError(f"{out / 'eval'}: no rollout summaries (*.json); run ./demo.sh first")
+    for f in evals:  # each holds rollout.py's last line, its JSON summary
+        lines = f.read_text().strip().splitlines()
+        try:
+            ok = bool(lines) and isinstance(json.loads(lines[-1]), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise UserError(f"{f}:{max(len(lines), 1)}: not a rollout.py JSON summary (did that stage fail?)")
     res = collect(out)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     curves(out, out / "curves.png")
@@ -114,4 +128,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from fapo_mini.errors import cli
+    cli(main)

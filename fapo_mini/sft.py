@@ -23,14 +23,22 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from fapo_mini.model import ModelConfig, Qwen, load_model, load_tokenizer, save_model
+from fapo_mini.data import load_rows, validate_rows
+from fapo_mini.errors import UserError, cli
+from fapo_mini.model import ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
+from fapo_mini.preflight import check_output
 
 
 def new_model(spec: str, tokenizer, seed=0) -> Qwen:
     """A fresh Qwen3-style model from a spec like 'd128-l4' (width 128, 4 layers,
     head_dim 32, MLP 3x), weights ~ N(0, 0.02) as in transformers' init."""
-    parts = dict((p[0], int(p[1:])) for p in spec.split("-"))
-    d, layers = parts["d"], parts["l"]
+    try:
+        parts = dict((p[0], int(p[1:])) for p in spec.split("-"))
+        d, layers = parts["d"], parts["l"]
+    except (ValueError, IndexError, KeyError):
+        raise UserError(f"--new-model {spec!r}: expected d<width>-l<layers>, e.g. d128-l4") from None
+    if d < 32 or d % 32 or layers < 1:
+        raise UserError(f"--new-model {spec!r}: the width must be a multiple of 32 and layers >= 1")
     heads = d // 32
     cfg = ModelConfig(vocab_size=len(tokenizer), hidden_size=d, intermediate_size=3 * d,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
@@ -120,13 +128,21 @@ def main():
     args = ap.parse_args()
     if bool(args.model) == bool(args.new_model):
         ap.error("give exactly one of --model and --new-model")
+    if args.new_model and not args.tokenizer:
+        ap.error("--new-model needs --tokenizer DIR")
+    if args.steps < 1 or args.batch_size < 1:
+        ap.error("--steps and --batch-size must be >= 1")
+    check_output(args.out, folder=True)
+    rows = load_rows(args.data)                              # file:line for a malformed line, UserError if empty
+    validate_rows(rows, args.data, fields=("prompt", "completion"))
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r["completion"], str) or not isinstance(r["prompt"], str):
+            raise UserError(f"{args.data}:{i}: 'prompt' and 'completion' must be strings")
+    if args.model:
+        load_config(args.model)       # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.tokenizer or args.model)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = (load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)).to(device)
-    with open(args.data) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise SystemExit(f"{args.data}: no rows")
     examples = tokenize_pairs([(r["prompt"], r["completion"]) for r in rows], tok)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps on {device}")
@@ -139,4 +155,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -115,8 +115,16 @@ def main():
     ap.add_argument("--teacher-fill", type=int, default=0,
                     help="top each class up to N with teacher traces (only for tiny smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
-    build(ap.parse_args())
+    args = ap.parse_args()
+    from fapo_mini.data import load_rows, validate_rows
+    from fapo_mini.preflight import check_output
+    if not 0 <= args.test_share < 1:
+        ap.error("--test-share must be in [0, 1)")
+    check_output(args.out, folder=True)
+    validate_rows(load_rows(args.rollouts), args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))
+    build(args)
 
 
 if __name__ == "__main__":
-    main()
+    from fapo_mini.errors import cli
+    cli(main)

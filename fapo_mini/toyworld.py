@@ -333,8 +333,14 @@ def main():
     w.add_argument("--n-sft", type=int, default=20000, help="flawed-teacher warm-start traces (train prompts)")
     w.add_argument("--seed", type=int, default=0, help="generator seed")
     args = ap.parse_args()
+    from fapo_mini.preflight import check_output
+    check_output(args.out, folder=True)
+    for flag in ("n_train", "n_test", "n_hard", "n_sft"):
+        if getattr(args, flag) < 0:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 0")
     {"world": world_cmd}[args.cmd](args)
 
 
 if __name__ == "__main__":
-    main()
+    from fapo_mini.errors import cli
+    cli(main)

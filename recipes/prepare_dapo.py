@@ -36,7 +36,9 @@ from pathlib import Path
 
 import datasets
 
-from fapo_mini.data import load_rows
+from fapo_mini.data import load_rows, read_dataset
+from fapo_mini.errors import UserError, cli
+from fapo_mini.preflight import check_output
 
 # FAPO_SPEC 3: the paper's prompt = question + this suffix
 SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -67,10 +69,10 @@ def read_source(source: str, config: str | None, split: str) -> list[dict]:
     if path.exists():
         return load_rows(path)
     if path.suffix in (".jsonl", ".json", ".parquet"):
-        raise FileNotFoundError(f"data file not found: {source}")
-    rows = datasets.load_dataset(source, config, split=split).to_list()
+        raise UserError(f"data file not found: {source}")
+    rows = read_dataset(source, source, config, split=split)
     if not rows:
-        raise ValueError(f"{source}: the data set is empty")
+        raise UserError(f"{source}: the data set is empty")
     return rows
 
 
@@ -85,14 +87,14 @@ def to_verl(rows: list[dict], preset: Preset) -> list[dict]:
     for i, row in enumerate(rows):
         for key in (preset.question_key, preset.answer_key):
             if key not in row:
-                raise ValueError(f"row {i}: no column {key!r} (columns: {', '.join(sorted(row))}); "
+                raise UserError(f"row {i}: no column {key!r} (columns: {', '.join(sorted(row))}); "
                                  "pass --question-key / --answer-key")
         question, answer = row[preset.question_key], row[preset.answer_key]
         if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"row {i}: column {preset.question_key!r} must be a non-empty string, "
+            raise UserError(f"row {i}: column {preset.question_key!r} must be a non-empty string, "
                              f"got {question!r:.80}")
         if answer is None or not str(answer).strip():
-            raise ValueError(f"row {i}: column {preset.answer_key!r} is empty")
+            raise UserError(f"row {i}: column {preset.answer_key!r} is empty")
         out.append({
             "data_source": preset.data_source,
             "prompt": [{"role": "user", "content": question.strip() + SUFFIX}],
@@ -117,9 +119,10 @@ def prepare(preset_name: str, out, source: str | None = None, question_key: str 
             answer_key: str | None = None) -> list[dict]:
     """Read a preset's rows (from `source` if given, else its hub set), convert, write to `out`."""
     if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
     if Path(out).suffix not in (".jsonl", ".parquet"):   # before a download, not after
-        raise ValueError(f"{out}: the output must end in .jsonl or .parquet")
+        raise UserError(f"{out}: the output must end in .jsonl or .parquet")
+    check_output(out, folder=False)
     preset = PRESETS[preset_name]
     preset = replace(preset, question_key=question_key or preset.question_key,
                      answer_key=answer_key or preset.answer_key)
@@ -142,4 +145,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

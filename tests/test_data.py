@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from fapo_mini.data import batch_indices, get_field, load_rows, prompt_text, shard, validate_rows
+from fapo_mini.errors import UserError
 
 # verl-format rows (the shape of DAPO-Math / FAPO-Critic rows), written by hand.
 ROWS = [
@@ -47,32 +48,32 @@ def test_jsonl_reads_rows_and_skips_blank_lines(tmp_path):
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [json.dumps(ROWS[0]), json.dumps(ROWS[1]), '{"prompt": "x",'])
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: malformed JSON: "):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:3: malformed JSON: "):
         load_rows(path)
 
 
 def test_jsonl_line_that_is_not_an_object(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [json.dumps(ROWS[0]), "[1, 2]"])
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: expected a JSON object, got list"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:2: expected a JSON object, got list"):
         load_rows(path)
 
 
 def test_empty_file_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "empty.jsonl", ["", "  "])
-    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: the data set is empty"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: the data set is empty"):
         load_rows(path)
 
 
 def test_missing_path_is_file_not_found(tmp_path):
     for missing in (tmp_path / "nope.jsonl", "data/train.parquet", "no/such/dir"):
-        with pytest.raises(FileNotFoundError, match="data file not found: "):
+        with pytest.raises(UserError, match="data file not found: "):
             load_rows(missing)
 
 
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"unsupported data file"):
+    with pytest.raises(UserError, match=r"unsupported data file"):
         load_rows(path)
 
 
@@ -103,13 +104,21 @@ def test_hub_name_goes_through_load_dataset(monkeypatch):
 def test_validate_rows_names_line_and_field():
     rows = [ROWS[0], {"prompt": "x", "reward_model": {"style": "rule"}}, {"reward_model": {"ground_truth": "1"}}]
     validate_rows(rows[:1], "d.jsonl")  # a good row passes
-    with pytest.raises(ValueError, match=r"^d\.jsonl:2: row is missing field 'reward_model\.ground_truth'$"):
+    with pytest.raises(UserError, match=r"^d\.jsonl:2: row is missing field 'reward_model\.ground_truth'$"):
         validate_rows(rows, "d.jsonl")
-    with pytest.raises(ValueError, match=r"^d\.jsonl:3: row is missing field 'prompt'$"):
+    with pytest.raises(UserError, match=r"^d\.jsonl:3: row is missing field 'prompt'$"):
         validate_rows([ROWS[0], ROWS[1], rows[2]], "d.jsonl", fields=("reward_model.ground_truth", "prompt"))
     # None (what parquet stores for an absent struct key) counts as missing
-    with pytest.raises(ValueError, match=r"^src:1: row is missing field 'extra_info\.index'$"):
+    with pytest.raises(UserError, match=r"^src:1: row is missing field 'extra_info\.index'$"):
         validate_rows([{"extra_info": {"index": None}}], "src", fields=("extra_info.index",))
+
+
+def test_validate_rows_names_a_prompt_of_the_wrong_type():
+    good = [{"prompt": "x"}, {"prompt": [{"role": "user", "content": "x"}]}]
+    validate_rows(good, "d.jsonl", fields=("prompt",))
+    for bad in (3, "", [], [{"role": "user"}], [{"role": "user", "content": 7}], {"role": "user", "content": "x"}):
+        with pytest.raises(UserError, match=r"^d\.jsonl:3: field 'prompt' must be a non-empty string or a list"):
+            validate_rows(good + [{"prompt": bad}], "d.jsonl", fields=("prompt",))
 
 
 def test_get_field():
@@ -141,11 +150,11 @@ def test_prompt_text():
 
 
 def test_prompt_text_errors():
-    with pytest.raises(ValueError, match="tokenizer has no chat template"):
+    with pytest.raises(UserError, match="tokenizer has no chat template"):
         prompt_text(ROWS[0], _tokenizer())
-    with pytest.raises(ValueError, match="prompt must be a string or a list"):
+    with pytest.raises(UserError, match="prompt must be a string or a list"):
         prompt_text({"prompt": [{"text": "no role"}]}, _tokenizer(QWEN_LIKE))
-    with pytest.raises(ValueError, match="prompt must be a string or a list"):
+    with pytest.raises(UserError, match="prompt must be a string or a list"):
         prompt_text({"question": "no prompt"}, _tokenizer(QWEN_LIKE))
 
 

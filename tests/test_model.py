@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import EOS, VOCAB, make_byte_tokenizer, make_hf_model
+from fapo_mini.errors import UserError
 from fapo_mini.model import load_model, load_tokenizer, save_model
 
 LENS = [5, 1, 9, 3]
@@ -135,10 +136,10 @@ def test_sharded_checkpoint_loads(tmp_path, kind):
 
 
 def test_load_errors(tmp_path, qwen3_dir):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(UserError, match="no config.json"):
         load_model(tmp_path)
     shutil.copy(qwen3_dir / "config.json", tmp_path / "config.json")
-    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    with pytest.raises(UserError, match="no model.safetensors"):
         load_model(tmp_path)
     for key, value, msg in [("model_type", "llama", "model_type 'llama' is not supported"),
                             ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0},
@@ -147,7 +148,7 @@ def test_load_errors(tmp_path, qwen3_dir):
         cfg = json.loads((qwen3_dir / "config.json").read_text())
         cfg[key] = value
         (tmp_path / "config.json").write_text(json.dumps(cfg))
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(UserError, match=msg):
             load_model(tmp_path)
 
 
@@ -155,7 +156,7 @@ def test_tokenizer_without_eos_raises(tmp_path):
     tok = make_byte_tokenizer()
     tok.eos_token = None
     tok.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="has no EOS token"):
+    with pytest.raises(UserError, match="has no EOS token"):
         load_tokenizer(tmp_path)
 
 

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fapo_mini.data import load_rows, prompt_text, validate_rows
+from fapo_mini.errors import UserError
 from fapo_mini.genrm import FlawDetector
 from fapo_mini.model import load_model, load_tokenizer
 from recipes import prepare_dapo
@@ -121,15 +122,15 @@ def test_eval_presets(tmp_path, monkeypatch, preset, hub, split, first_gt):
 def test_converter_errors(tmp_path):
     src = tmp_path / "x.jsonl"
     src.write_text(json.dumps({"question": "1+1?", "solution": "2"}) + "\n")
-    with pytest.raises(ValueError, match=r"no column 'prompt' \(columns: question, solution\)"):
+    with pytest.raises(UserError, match=r"no column 'prompt' \(columns: question, solution\)"):
         prepare_dapo.prepare("dapo", tmp_path / "o.jsonl", source=str(src))
     rows = prepare_dapo.prepare("dapo", tmp_path / "o.jsonl", source=str(src), question_key="question")
     assert rows[0]["prompt"][0]["content"] == "1+1?" + SUFFIX_TEXT
-    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+    with pytest.raises(UserError, match="missing.parquet"):
         prepare_dapo.prepare("dapo", tmp_path / "o.jsonl", source=str(tmp_path / "missing.parquet"))
-    with pytest.raises(ValueError, match=r"\.jsonl or \.parquet"):
+    with pytest.raises(UserError, match=r"\.jsonl or \.parquet"):
         prepare_dapo.prepare("dapo", tmp_path / "o.csv", source=str(src))
-    with pytest.raises(ValueError, match="unknown preset 'gsm8k'"):
+    with pytest.raises(UserError, match="unknown preset 'gsm8k'"):
         prepare_dapo.prepare("gsm8k", tmp_path / "o.jsonl")
 
 
@@ -244,7 +245,7 @@ def test_eval_recipe_dry_run(tmp_path, tiny_dirs):
     for bench, n in (("aime24", 32), ("aime25", 32), ("math500", 4)):
         summary = json.loads((tmp_path / f"{bench}.summary.json").read_text())
         assert (summary["prompts"], summary["n"]) == (2, n)
-        assert 0.0 <= summary[f"avg@{n}"] <= 1.0 and summary["pass@1"] == pytest.approx(summary[f"avg@{n}"])
+        assert 0.0 <= summary["accuracy"] <= 1.0 and summary["pass@1"] == pytest.approx(summary["accuracy"])
         out = load_rows(tmp_path / f"{bench}.jsonl")
         assert len(out) == 2 * n and all(isinstance(o["correct"], bool) and len(o["response_ids"]) <= 16 for o in out)
         assert out[0]["prompt"][0]["content"].endswith(SUFFIX_TEXT)

@@ -1,0 +1,103 @@
+"""Checks of a run's inputs before any work: the output path, prompt lengths, GenRM labels.
+
+Why this file exists: a mistake found at step 1,000 costs hours, one found before
+step 1 costs seconds. The trainers and rollout.py call these from their `main`
+once the rows and the tokenizer are loaded; each check raises UserError with one
+line that names the path, the row and the field (fapo_mini/errors.py).
+
+Simplified away: anything that needs the weights (load_model checks those as it
+reads them) and per-step checks (the reward functions trust rows checked here).
+"""
+from pathlib import Path
+
+from fapo_mini.data import get_field
+from fapo_mini.errors import UserError
+
+
+def check_output(path, folder: bool, flag="--out") -> None:
+    """UserError when `path` cannot be written as a folder (folder=True) or as a file:
+    it exists as the other kind, or one of its parents is a file."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, expected a folder")
+    if not folder and path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder, expected a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+            break
+
+
+def check_prompts(prompt_ids: list, source, max_new_tokens: int, max_positions: int, vocab_size: int) -> None:
+    """Refuse prompts that are empty, that leave no room for `max_new_tokens` within the
+    model's max_position_embeddings, or that hold token ids the model has no embedding for
+    (a tokenizer from another model). The message counts the offending rows and names the
+    first. Nothing is truncated: cutting a math problem from the left would drop its
+    question, so the user shortens the rows or lowers --max-new-tokens."""
+    empty = [i for i, p in enumerate(prompt_ids, start=1) if not p]
+    if empty:
+        raise UserError(f"{source}:{empty[0]}: the prompt has no tokens ({len(empty)} such rows)")
+    foreign = [i for i, p in enumerate(prompt_ids, start=1) if max(p) >= vocab_size]
+    if foreign:
+        raise UserError(f"{source}:{foreign[0]}: token id {max(prompt_ids[foreign[0] - 1])} >= the model's vocab_size "
+                        f"{vocab_size} ({len(foreign)} such rows): the tokenizer does not belong to this model")
+    limit = max_positions - max_new_tokens
+    if limit < 1:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt: the model's "
+                        f"max_position_embeddings is {max_positions}")
+    long = [i for i, p in enumerate(prompt_ids, start=1) if len(p) > limit]
+    if long:
+        first = long[0]
+        raise UserError(f"{source}: {len(long)} of {len(prompt_ids)} prompts are longer than {limit} tokens "
+                        f"(max_position_embeddings {max_positions} - --max-new-tokens {max_new_tokens}), the first "
+                        f"at row {first} with {len(prompt_ids[first - 1])} tokens; shorten or drop them, or "
+                        "lower --max-new-tokens")
+
+
+def _as_int(value):
+    """An int, an integer-valued float or string (verl stores ground truths as strings); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def check_critic_labels(rows: list[dict], source) -> None:
+    """Every critic row: `extra_info.total_steps` an integer >= 1 and `reward_model.ground_truth`
+    (the first wrong step, docs/method.md §3) an integer in -1 .. total_steps - 1."""
+    for i, row in enumerate(rows, start=1):
+        n_steps = _as_int(get_field(row, "extra_info.total_steps"))
+        if n_steps is None or n_steps < 1:
+            raise UserError(f"{source}:{i}: field 'extra_info.total_steps' must be an integer >= 1, "
+                            f"got {get_field(row, 'extra_info.total_steps')!r}")
+        label = _as_int(get_field(row, "reward_model.ground_truth"))
+        if label is None or not -1 <= label < n_steps:
+            raise UserError(f"{source}:{i}: field 'reward_model.ground_truth' must be the first wrong step, an "
+                            f"integer in -1..{n_steps - 1} (total_steps {n_steps}), got "
+                            f"{get_field(row, 'reward_model.ground_truth')!r}")
+
+
+def check_run_inputs(args, fields) -> list[dict]:
+    """What train_policy.py / train_genrm.py check in their `main` before the loop starts:
+    positive sizes, --out, the data rows and `fields`, the tokenizer, config.json and the
+    prompt lengths. Returns the rows. (The loop in rl.py loads the rows again; this costs a
+    second read and tokenization, seconds even for DAPO-Math-17k.)"""
+    from fapo_mini.data import load_rows, prompt_text, validate_rows
+    from fapo_mini.model import load_config, load_tokenizer
+    for flag in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches", "micro_tokens"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    check_output(args.out, folder=True)
+    rows = load_rows(args.data)
+    validate_rows(rows, args.data, fields)
+    cfg = load_config(args.model)     # first: transformers' tokenizer loader reads config.json too
+    tok = load_tokenizer(args.model, args.trust_remote_code)
+    prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
+    check_prompts(prompt_ids, args.data, args.max_new_tokens, cfg.max_position_embeddings, cfg.vocab_size)
+    return rows

@@ -1,0 +1,332 @@
+"""Bad input meets one line: `error: ...` naming the path, file:line or field, status 2, no traceback.
+
+Every entry point runs at least once as a real subprocess (the exit status and the
+absence of "Traceback" are only honest there), and once under torchrun with two ranks
+(every rank must exit, none may hang). The many model-folder and data variants run
+in-process through the same `errors.cli(main)` the scripts' `__main__` calls, with
+sys.argv patched: the same code path, without paying ~3 s of imports per case.
+Model folders are built once per module from conftest's tiny Qwen3 checkpoint.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import rollout  # noqa: E402
+import train_genrm  # noqa: E402
+import train_policy  # noqa: E402
+from fapo_mini import errors, report, sft, toycritic, toyworld  # noqa: E402
+from recipes import prepare_dapo  # noqa: E402
+
+POLICY_ROW = {"data_source": "math", "prompt": "1+1?", "reward_model": {"ground_truth": "2"}}
+
+
+def critic_row(label, n_steps):
+    return {"prompt": "critique this", "reward_model": {"ground_truth": label}, "extra_info": {"total_steps": n_steps}}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dirs(qwen3_dir, tmp_path_factory):
+    """Model folders, one problem each, and data files, one problem each."""
+    root = tmp_path_factory.mktemp("errors")
+    good = Path(qwen3_dir)
+
+    def folder(name, files=(), config=None, weights=None):
+        d = root / name
+        d.mkdir()
+        for f in files:
+            shutil.copy(good / f, d / f)
+        if config is not None:
+            (d / "config.json").write_text(json.dumps({**json.loads((good / "config.json").read_text()), **config}))
+        if weights is not None:
+            (d / "model.safetensors").write_bytes(weights)
+        return d
+
+    tok_files = [f.name for f in good.iterdir() if f.name.startswith("tokenizer")]
+    weights = (good / "model.safetensors").read_bytes()
+    out = {
+        "good": good,
+        "empty": folder("empty"),
+        "no_config": folder("no_config", ["model.safetensors", *tok_files]),
+        "no_weights": folder("no_weights", ["config.json", *tok_files]),
+        "truncated": folder("truncated", ["config.json", *tok_files], weights=weights[:1000]),
+        "corrupt": folder("corrupt", ["config.json", *tok_files],
+                          weights=weights[:8] + b"\xff" * 64 + weights[72:]),
+        "llama": folder("llama", ["model.safetensors", *tok_files], config={"model_type": "llama"}),
+        "no_tokenizer": folder("no_tokenizer", ["config.json", "model.safetensors"]),
+        "bad_tokenizer": folder("bad_tokenizer", ["config.json", "model.safetensors", *tok_files]),
+        "mismatch": folder("mismatch", ["model.safetensors", *tok_files], config={"num_hidden_layers": 3, "layer_types": None}),
+        "missing_shard": folder("missing_shard", ["config.json", *tok_files]),
+        "small_vocab": folder("small_vocab", ["model.safetensors", *tok_files], config={"vocab_size": 100}),
+        "short": folder("short", ["model.safetensors", *tok_files], config={"max_position_embeddings": 24}),
+        "a_file": root / "a_file",
+        "policy": write_jsonl(root / "policy.jsonl", [POLICY_ROW] * 4),
+        "empty_data": write_jsonl(root / "empty.jsonl", []),
+        "malformed": write_jsonl(root / "malformed.jsonl", [POLICY_ROW, POLICY_ROW, '{"prompt": "x", '] + [POLICY_ROW]),
+        "no_prompt": write_jsonl(root / "no_prompt.jsonl", [POLICY_ROW, {"reward_model": {"ground_truth": "1"}}]),
+        "bad_prompt": write_jsonl(root / "bad_prompt.jsonl", [POLICY_ROW, {**POLICY_ROW, "prompt": 17}]),
+        "long": write_jsonl(root / "long.jsonl", [POLICY_ROW, {**POLICY_ROW, "prompt": "x" * 20},
+                                                   POLICY_ROW, {**POLICY_ROW, "prompt": "y" * 30}]),
+        "critic_bad_label": write_jsonl(root / "critic.jsonl", [critic_row(-1, 3), critic_row("1", 3),
+                                                                critic_row(3, 3), critic_row(0, 3)]),
+        "critic_word_label": write_jsonl(root / "critic_w.jsonl", [critic_row("two", 3)] * 2),
+        "critic_no_steps": write_jsonl(root / "critic_s.jsonl", [critic_row(0, 0)] * 2),
+    }
+    out["a_file"].write_text("not a folder\n")
+    (out["bad_tokenizer"] / "tokenizer.json").write_text('{"version": "1.0", "model": 12}')
+    (out["missing_shard"] / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}))
+    return out
+
+
+def run_cli(monkeypatch, capsys, main, argv):
+    """errors.cli(main) with sys.argv = argv -> (exit status, the last line of stderr)."""
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as e:
+        errors.cli(main)
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err.splitlines()[-1] if err else ""
+
+
+def run_script(*args, env=None):
+    """A real subprocess from the repository root -> (status, stdout + stderr, the last line of stderr)."""
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})})
+    return p.returncode, p.stdout + p.stderr, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+
+
+def assert_one_line(status, output, last, *names):
+    assert status == 2, output
+    assert "Traceback" not in output, output
+    assert last.startswith("error: "), output
+    for name in names:
+        assert str(name) in last, (name, last)
+
+
+# ---------------------------------------------------------------- every entry point, as a subprocess
+
+def test_rollout_subprocess_missing_model(tmp_path, dirs):
+    status, output, last = run_script("rollout.py", "--model", "/no/such/dir", "--data", str(dirs["policy"]),
+                                      "--out", str(tmp_path / "o.jsonl"))
+    assert_one_line(status, output, last, "/no/such/dir", "no such model folder")
+
+
+def test_rollout_subprocess_truncated_weights(tmp_path, dirs):
+    status, output, last = run_script("rollout.py", "--model", str(dirs["truncated"]), "--data", str(dirs["policy"]),
+                                      "--out", str(tmp_path / "o.jsonl"))
+    assert_one_line(status, output, last, dirs["truncated"] / "model.safetensors", "truncated or corrupt")
+
+
+def test_train_policy_subprocess_malformed_line(tmp_path, dirs):
+    status, output, last = run_script("train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["malformed"]),
+                                      "--out", str(tmp_path / "run"), "--judge", "none")
+    assert_one_line(status, output, last, f"{dirs['malformed']}:3:", "malformed JSON")
+
+
+def test_train_genrm_subprocess_label_out_of_range(tmp_path, dirs):
+    status, output, last = run_script("train_genrm.py", "--model", str(dirs["good"]), "--data",
+                                      str(dirs["critic_bad_label"]), "--out", str(tmp_path / "run"))
+    assert_one_line(status, output, last, f"{dirs['critic_bad_label']}:3:", "'reward_model.ground_truth'", "-1..2")
+
+
+def test_train_genrm_torchrun_every_rank_exits(tmp_path, dirs):
+    """Truncated weights: found by load_model inside the loop's setup, after the process group is up."""
+    data = write_jsonl(tmp_path / "c.jsonl", [critic_row(0, 2)] * 4)
+    status, output, last = run_script("-m", "torch.distributed.run", "--nproc_per_node=2", "train_genrm.py",
+                                      "--model", str(dirs["truncated"]), "--data", str(data),
+                                      "--out", str(tmp_path / "run"), "--prompts-per-step", "2")
+    # torchrun's launcher reports a failed worker with its own ChildFailedError traceback (frames in
+    # torch/distributed/run.py); the workers themselves must show none: no frame from this repository
+    assert status != 0 and f'File "{ROOT}' not in output, output
+    # the first rank to fail says why; torchrun then ends the other (it may be stopped before it prints)
+    assert output.count(f"error: {dirs['truncated'] / 'model.safetensors'}: unreadable safetensors file") >= 1, output
+
+
+def test_sft_subprocess_malformed_line(tmp_path, dirs):
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "a", "completion": "b"}, "{not json"])
+    status, output, last = run_script("-m", "fapo_mini.sft", "--data", str(data), "--tokenizer", str(dirs["good"]),
+                                      "--new-model", "d64-l1", "--out", str(tmp_path / "m"))
+    assert_one_line(status, output, last, f"{data}:2:", "malformed JSON")
+
+
+def test_toyworld_subprocess_out_is_a_file(dirs):
+    status, output, last = run_script("-m", "fapo_mini.toyworld", "world", "--out", str(dirs["a_file"]))
+    assert_one_line(status, output, last, dirs["a_file"], "is a file")
+
+
+def test_toycritic_subprocess_missing_rollouts(tmp_path):
+    status, output, last = run_script("-m", "fapo_mini.toycritic", "--rollouts", str(tmp_path / "none.jsonl"),
+                                      "--out", str(tmp_path / "o"))
+    assert_one_line(status, output, last, tmp_path / "none.jsonl", "not found")
+
+
+def test_report_subprocess_missing_folder(tmp_path):
+    status, output, last = run_script("-m", "fapo_mini.report", "--out", str(tmp_path / "no_run"))
+    assert_one_line(status, output, last, tmp_path / "no_run", "no such folder")
+
+
+def test_prepare_dapo_subprocess_missing_source(tmp_path):
+    status, output, last = run_script("-m", "recipes.prepare_dapo", "--preset", "aime24", "--source",
+                                      str(tmp_path / "aime.parquet"), "--out", str(tmp_path / "o.jsonl"))
+    assert_one_line(status, output, last, tmp_path / "aime.parquet", "not found")
+
+
+def test_a_bug_keeps_its_traceback():
+    with pytest.raises(ZeroDivisionError):
+        errors.cli(lambda: 1 / 0)
+
+
+# ---------------------------------------------------------------- the variants, in-process
+
+MODEL_CASES = [  # folder, what the line must name besides the path
+    ("empty", "no config.json"),
+    ("no_config", "no config.json"),
+    ("no_weights", "no model.safetensors"),
+    ("truncated", "truncated or corrupt"),
+    ("corrupt", "truncated or corrupt"),
+    ("llama", "model_type 'llama' is not supported (supported: qwen2, qwen3)"),
+    ("mismatch", "the weights do not match config.json: missing 11 tensors (model.layers.2."),
+    ("missing_shard", "model-00001-of-00002.safetensors: missing, but model.safetensors.index.json lists it"),
+    ("no_tokenizer", "no tokenizer files"),
+    ("bad_tokenizer", "cannot load the tokenizer"),
+    ("a_file", "is a file, not a model folder"),
+]
+
+
+@pytest.mark.parametrize("name,what", MODEL_CASES)
+def test_rollout_model_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
+    status, last = run_cli(monkeypatch, capsys, rollout.main, ["rollout.py", "--model", str(dirs[name]), "--data",
+                                                               str(dirs["policy"]), "--out", str(tmp_path / "o.jsonl")])
+    assert status == 2 and last.startswith(f"error: {dirs[name]}") and what in last, last
+
+
+@pytest.mark.parametrize("name,what", [("empty", "no tokenizer files")] + MODEL_CASES[1:])  # FlawDetector: tokenizer first
+def test_rollout_genrm_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
+    status, last = run_cli(monkeypatch, capsys, rollout.main,
+                           ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]),
+                            "--genrm", str(dirs[name]), "--out", str(tmp_path / "o.jsonl")])
+    assert status == 2 and last.startswith(f"error: --genrm: {dirs[name]}") and what in last, last
+    assert not (tmp_path / "o.jsonl").exists()   # refused before any sampling
+
+
+@pytest.mark.parametrize("main,script,extra", [(train_policy.main, "train_policy.py", ["--judge", "none"]),
+                                               (train_genrm.main, "train_genrm.py", []),
+                                               (sft.main, "sft.py", [])])
+@pytest.mark.parametrize("name,what", [("no_config", "no config.json"), ("truncated", "truncated or corrupt"),
+                                       ("no_tokenizer", "no tokenizer files")])
+def test_trainers_model_folder(monkeypatch, capsys, tmp_path, dirs, main, script, extra, name, what):
+    data = {"train_policy.py": dirs["policy"], "train_genrm.py": write_jsonl(tmp_path / "c.jsonl", [critic_row(0, 2)]),
+            "sft.py": write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "completion": "b"}])}[script]
+    argv = [script, "--model", str(dirs[name]), "--data", str(data), "--out", str(tmp_path / "run"), *extra]
+    if script != "sft.py":
+        argv += ["--prompts-per-step", "1"]
+    status, last = run_cli(monkeypatch, capsys, main, argv)
+    assert status == 2 and last.startswith(f"error: {dirs[name]}") and what in last, last
+
+
+def test_train_policy_genrm_folder(monkeypatch, capsys, tmp_path, dirs):
+    status, last = run_cli(monkeypatch, capsys, train_policy.main,
+                           ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]),
+                            "--genrm", str(dirs["llama"]), "--out", str(tmp_path / "run"), "--prompts-per-step", "2"])
+    assert status == 2 and last == (f"error: --genrm: {dirs['llama']}/config.json: model_type 'llama' "
+                                    "is not supported (supported: qwen2, qwen3)"), last
+
+
+DATA_CASES = [  # data file, what the line must say
+    ("missing", "data file not found: "),
+    ("empty_data", ": the data set is empty"),
+    ("malformed", ":3: malformed JSON"),
+    ("no_prompt", ":2: row is missing field 'prompt'"),
+    ("bad_prompt", ":2: field 'prompt' must be a non-empty string or a list"),
+]
+
+
+@pytest.mark.parametrize("main,script", [(rollout.main, "rollout.py"), (train_policy.main, "train_policy.py")])
+@pytest.mark.parametrize("name,what", DATA_CASES)
+def test_data_problems(monkeypatch, capsys, tmp_path, dirs, main, script, name, what):
+    data = dirs.get(name, tmp_path / "missing.jsonl")
+    argv = [script, "--model", str(dirs["good"]), "--data", str(data), "--out", str(tmp_path / "o")]
+    status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if script != "rollout.py" else []))
+    assert status == 2 and last.startswith("error: ") and str(data) in last and what in last, last
+
+
+@pytest.mark.parametrize("name,what", [("critic_bad_label", ":3: field 'reward_model.ground_truth' must be the first "
+                                                             "wrong step, an integer in -1..2 (total_steps 3), got 3"),
+                                       ("critic_word_label", ":1: field 'reward_model.ground_truth' must be"),
+                                       ("critic_no_steps", ":1: field 'extra_info.total_steps' must be an integer >= 1")])
+@pytest.mark.parametrize("main,script", [(rollout.main, "rollout.py"), (train_genrm.main, "train_genrm.py")])
+def test_genrm_labels_checked_at_load(monkeypatch, capsys, tmp_path, dirs, main, script, name, what):
+    status, last = run_cli(monkeypatch, capsys, main, [script, "--model", str(dirs["good"]), "--data", str(dirs[name]),
+                                                       "--out", str(tmp_path / "o")])
+    assert status == 2 and last.startswith(f"error: {dirs[name]}{what}"), last
+
+
+@pytest.mark.parametrize("main,script", [(rollout.main, "rollout.py"), (train_policy.main, "train_policy.py")])
+def test_prompts_too_long_for_the_model(monkeypatch, capsys, tmp_path, dirs, main, script):
+    # max_position_embeddings 24 - 8 new tokens = 16: rows 2 (20 tokens) and 4 (30) do not fit, "1+1?" (4) does
+    argv = [script, "--model", str(dirs["short"]), "--data", str(dirs["long"]), "--out", str(tmp_path / "o"),
+            "--max-new-tokens", "8"] + (["--judge", "none", "--prompts-per-step", "2"] if script != "rollout.py" else [])
+    status, last = run_cli(monkeypatch, capsys, main, argv)
+    assert status == 2 and last == (f"error: {dirs['long']}: 2 of 4 prompts are longer than 16 tokens "
+                                    "(max_position_embeddings 24 - --max-new-tokens 8), the first at row 2 with 20 "
+                                    "tokens; shorten or drop them, or lower --max-new-tokens"), last
+
+
+def test_tokenizer_of_another_model(monkeypatch, capsys, tmp_path, dirs):
+    # config.json says 100 tokens; the byte tokenizer gives 'x' = 120 (row 2) and 'y' = 121 (row 4)
+    status, last = run_cli(monkeypatch, capsys, train_policy.main,
+                           ["train_policy.py", "--model", str(dirs["small_vocab"]), "--data", str(dirs["long"]),
+                            "--out", str(tmp_path / "o"), "--judge", "none"])
+    assert status == 2 and last == (f"error: {dirs['long']}:2: token id 120 >= the model's vocab_size 100 (2 such "
+                                    "rows): the tokenizer does not belong to this model"), last
+
+
+def test_out_of_the_wrong_kind(monkeypatch, capsys, tmp_path, dirs):
+    status, last = run_cli(monkeypatch, capsys, rollout.main, ["rollout.py", "--model", str(dirs["good"]), "--data",
+                                                               str(dirs["policy"]), "--out", str(tmp_path)])
+    assert status == 2 and last == f"error: --out {tmp_path}: is a folder, expected a file", last
+    for main, script in ((train_policy.main, "train_policy.py"), (train_genrm.main, "train_genrm.py"),
+                         (sft.main, "sft.py")):
+        argv = [script, "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(dirs["a_file"])]
+        status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if main is train_policy.main else []))
+        assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", (script, last)
+    status, last = run_cli(monkeypatch, capsys, rollout.main, ["rollout.py", "--model", str(dirs["good"]), "--data",
+                                                               str(dirs["policy"]), "--out", str(dirs["a_file"] / "o.jsonl")])
+    assert status == 2 and last == f"error: --out {dirs['a_file'] / 'o.jsonl'}: {dirs['a_file']} is a file, not a folder"
+
+
+def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
+    """toycritic, report and prepare_dapo on their own kinds of bad input."""
+    status, last = run_cli(monkeypatch, capsys, toycritic.main, ["toycritic", "--rollouts", str(dirs["policy"]),
+                                                                 "--out", str(tmp_path / "c")])
+    assert status == 2 and last == f"error: {dirs['policy']}:1: row is missing field 'response'", last
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "grpo_s0_test.json").write_text("progress bar junk\n")
+    status, last = run_cli(monkeypatch, capsys, report.main, ["report", "--out", str(tmp_path)])
+    assert status == 2 and last.startswith(f"error: {tmp_path / 'eval' / 'grpo_s0_test.json'}:1: not a rollout.py"), last
+    src = write_jsonl(tmp_path / "raw.jsonl", [{"question": "1+1?", "solution": "2"}])
+    status, last = run_cli(monkeypatch, capsys, prepare_dapo.main, ["prepare_dapo", "--preset", "dapo", "--source",
+                                                                    str(src), "--out", str(tmp_path / "o.jsonl")])
+    assert status == 2 and last.startswith("error: row 0: no column 'prompt' (columns: question, solution)"), last
+    status, last = run_cli(monkeypatch, capsys, toyworld.main, ["toyworld", "world", "--out", str(dirs["a_file"])])
+    assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
+
+
+@pytest.mark.parametrize("flag,value,line", [("--n", "0", "--n must be >= 1, got 0"),
+                                             ("--top-p", "1.5", "--top-p must be in (0, 1], got 1.5"),
+                                             ("--temperature", "-1", "--temperature must be >= 0, got -1.0")])
+def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
+    argv = ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o")]
+    status, last = run_cli(monkeypatch, capsys, rollout.main, argv + [flag, value])
+    assert status == 2 and last == f"rollout.py: error: {line}", last
