@@ -26,11 +26,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fapo_mini import genrm, toyworld
+from fapo_mini import genrm, toycritic, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
+from fapo_mini.detector import FlawDetector
 from fapo_mini.model import load_model, load_tokenizer
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.verify import is_correct
+
+# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
+TOY_CHECKS = {"toyworld": toyworld.is_correct}
+TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
 
 
 def pass_at_k(n, c, k):
@@ -41,7 +46,7 @@ def pass_at_k(n, c, k):
 def score_policy(rows, n, detector=None):
     """Adds `correct` / `flawed` to rows (n per prompt, in order); returns summary metrics."""
     for r in rows:
-        r["correct"] = is_correct(r, r["response"])
+        r["correct"] = is_correct(r, r["response"], TOY_CHECKS)
         if r.get("data_source") == "toyworld" and r["correct"]:
             r["flawed"] = toyworld.first_error(r["prompt"], r["response"]) != -1
     pos = [r for r in rows if r["correct"]]
@@ -130,7 +135,8 @@ def main():
         if all(get_field(r, "extra_info.total_steps") is not None for r in rows):
             summary.update(score_critic(out_rows, args.n))
         else:
-            detector = genrm.FlawDetector(args.genrm, device, args.genrm_max_new_tokens) if args.genrm else None
+            detector = (FlawDetector(args.genrm, device, args.genrm_max_new_tokens, prompts=TOY_PROMPTS)
+                        if args.genrm else None)
             summary.update(score_policy(out_rows, args.n, detector))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:

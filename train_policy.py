@@ -18,9 +18,13 @@ import argparse
 
 import torch
 
-from fapo_mini import grpo, rl, toyworld
-from fapo_mini.genrm import FlawDetector
+from fapo_mini import grpo, rl, toycritic, toyworld
+from fapo_mini.detector import FlawDetector
 from fapo_mini.verify import is_correct
+
+# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
+TOY_CHECKS = {"toyworld": toyworld.is_correct}
+TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
 
 
 def main():
@@ -40,14 +44,14 @@ def main():
         from fapo_mini.dist import setup
         try:
             detector = FlawDetector(args.genrm, setup().device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                    trust_remote_code=args.trust_remote_code)
+                                    trust_remote_code=args.trust_remote_code, prompts=TOY_PROMPTS)
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: --genrm {args.genrm}: {e}") from None
 
     def reward_fn(rows, samples):
         n = len(samples)
         row_of = [rows[s.prompt_index] for s in samples]
-        correct = [is_correct(r, s.text) for r, s in zip(row_of, samples)]
+        correct = [is_correct(r, s.text, TOY_CHECKS) for r, s in zip(row_of, samples)]
         pos = [i for i in range(n) if correct[i]]
         counts = {"accuracy": (len(pos), n)}
         oracle = None
