@@ -72,7 +72,7 @@ def main():
             flawed[pos] = torch.tensor(judged, dtype=torch.bool)
         return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
 
-    rl.train(args, reward_fn)
+    rl.train(args, reward_fn, generators={"genrm": detector.generator} if detector else None)
 
 
 if __name__ == "__main__":

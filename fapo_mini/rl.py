@@ -204,9 +204,10 @@ def add_common_args(ap):
 RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing")
 
 
-def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
+def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth"), generators=None):
     """The RL run. `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
     metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
+    `generators`: name -> the torch.Generator a reward draws from (a sampling GenRM's), checkpointed.
     Resumes from the newest checkpoint in --out unless --fresh."""
     info = dist.setup()
     out = Path(args.out)
@@ -236,7 +237,7 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
             check_config(state["config"], config, ignore=RESUMABLE)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            set_rng_state(rank_state["rng"])
+            set_rng_state(rank_state["rng"], generators)
             gen.set_state(rank_state["sampler_rng"])
             start = state["step"]
             dist.print0(f"resuming from {ckpt} at step {start}")
@@ -259,7 +260,7 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth")):
     def save(step):
         save_checkpoint(out, step, lambda d: save_model(model, d, tok),
                         {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                         "config": config}, {"rng": rng_state(), "sampler_rng": gen.get_state()}, info, args.keep)
+                         "config": config}, {"rng": rng_state(generators), "sampler_rng": gen.get_state()}, info, args.keep)
 
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not info.is_main)
     with GracefulStop() as stop:
