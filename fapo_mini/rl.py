@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from fapo_mini import dist, grpo
+from fapo_mini import dist, grpo, tracking
 from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_state, rng_state,
                                   save_checkpoint, set_rng_state)
 from fapo_mini.data import batch_indices, load_rows, prompt_text, shard, validate_rows
@@ -197,11 +197,13 @@ def add_common_args(ap):
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     g.add_argument("--fresh", action="store_true", help="ignore checkpoints in --out and start over")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--report-to", default="none", choices=tracking.REPORT_TO, type=tracking.report_to_arg,
+                   help="also log to (metrics.jsonl always)")
     return ap
 
 
 # flags that may change when a run is resumed; every other flag must match the checkpoint
-RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing")
+RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to")
 
 
 def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth"), generators=None):
@@ -248,6 +250,7 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth"), gener
         (out / "config.json").write_text(json.dumps(config, indent=2))
         lines = metrics_path.read_text().splitlines(keepends=True)[:start] if ckpt and metrics_path.exists() else []
         metrics_path.write_text("".join(lines))                # drop lines logged after the checkpoint
+        tracker = tracking.start(args.report_to, out, config, resumed_at=start)
     dist.barrier()
     ddp = DDP(model) if info.world_size > 1 else model
     sampler = Sampler(model, tok)                              # the live policy: no weight copy
@@ -302,6 +305,7 @@ def train(args, reward_fn, fields=("prompt", "reward_model.ground_truth"), gener
             if info.is_main:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(line) + "\n")
+                tracker.log(line)
                 bar.set_postfix({k: round(line[k], 3) for k in ("accuracy", "fp_ratio") if line.get(k) is not None})
             last = step + 1 == args.steps
             stopping = stop.should_stop(info.device)
