@@ -10,10 +10,11 @@ Hugging Face's Trainer uses) sends every line there too, from rank 0 only:
                  WANDB_MODE=offline to log without an account or network, `wandb sync` later
 
 A resumed run continues the same curves: TensorBoard hides (purges) what the stopped run
-logged after its checkpoint, as metrics.jsonl drops those lines; wandb resumes the same
-run id (kept in OUT/wandb_run_id) with the RL step as wandb's step. wandb cannot take a
-logged step back: after a kill (not a graceful stop, which saves at the last logged step)
-it keeps the killed run's values for the redone steps and warns.
+logged after its checkpoint (after --fresh: all the old run logged), as metrics.jsonl
+drops those lines; wandb resumes the same run id (kept in OUT/wandb_run_id; --fresh starts
+a new one) with the RL step as wandb's step. wandb cannot take a logged step back: after
+a kill (not a graceful stop, which saves at the last logged step) it keeps the killed
+run's values for the redone steps and warns.
 
 What it simplifies away: one backend per run, scalars only (no histograms, text or media);
 a value that is not a number (a ratio with nothing to count: None) is skipped.
@@ -58,8 +59,8 @@ def _scalars(line: dict) -> dict:
 class TensorBoard:
     def __init__(self, out: Path, resumed_at: int):
         tb = _require("tensorboard")
-        # purge_step: events of a stopped run from step resumed_at + 1 on are hidden, as in metrics.jsonl
-        self.writer = tb.SummaryWriter(str(out / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
+        # purge_step: older events from step resumed_at + 1 on are hidden, as metrics.jsonl drops those lines
+        self.writer = tb.SummaryWriter(str(out / "tensorboard"), purge_step=resumed_at + 1)
 
     def log(self, line: dict) -> None:
         for key, value in _scalars(line).items():
@@ -68,10 +69,11 @@ class TensorBoard:
 
 
 class Wandb:
-    def __init__(self, out: Path, config: dict):
+    def __init__(self, out: Path, config: dict, resumed_at: int):
         wandb = _require("wandb")
         id_file = out / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        resuming = resumed_at and id_file.is_file()                # a fresh start is a new wandb run
+        run_id = id_file.read_text().strip() if resuming else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "fapo_mini"), name=out.name, id=run_id,
                               resume="allow", dir=str(out), config=config)
@@ -92,7 +94,7 @@ def start(report_to: str, out, config: dict, resumed_at: int = 0):
     if report_to == "tensorboard":
         return TensorBoard(out, resumed_at)
     if report_to == "wandb":
-        return Wandb(out, config)
+        return Wandb(out, config, resumed_at)
     if report_to == "none":
         return NoTracker()
     raise UserError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
