@@ -29,13 +29,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fapo_mini import genrm, toyworld
+from fapo_mini import genrm, toycritic, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
+from fapo_mini.detector import FlawDetector
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import load_config, load_model, load_tokenizer
 from fapo_mini.preflight import check_critic_labels, check_output, check_prompts
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.verify import is_correct
+
+# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
+TOY_CHECKS = {"toyworld": toyworld.is_correct}
+TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
 
 
 def pass_at_k(n, c, k):
@@ -46,7 +51,7 @@ def pass_at_k(n, c, k):
 def score_policy(rows, n, detector=None):
     """Adds `correct` / `flawed` to rows (n per prompt, in order); returns summary metrics."""
     for r in rows:
-        r["correct"] = is_correct(r, r["response"])
+        r["correct"] = is_correct(r, r["response"], TOY_CHECKS)
         if r.get("data_source") == "toyworld" and r["correct"]:
             r["flawed"] = toyworld.first_error(r["prompt"], r["response"]) != -1
     pos = [r for r in rows if r["correct"]]
@@ -127,7 +132,7 @@ def main():
     detector = None  # loaded before sampling, so a bad --genrm folder fails in seconds
     if args.genrm and has_gt and not critic and not args.no_score:
         try:
-            detector = genrm.FlawDetector(args.genrm, device, args.genrm_max_new_tokens)
+            detector = FlawDetector(args.genrm, device, args.genrm_max_new_tokens, prompts=TOY_PROMPTS)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     sampler = Sampler(model, tok)

@@ -21,11 +21,15 @@ import argparse
 
 import torch
 
-from fapo_mini import dist, grpo, rl, toyworld
+from fapo_mini import dist, grpo, rl, toycritic, toyworld
+from fapo_mini.detector import FlawDetector
 from fapo_mini.errors import UserError, cli
-from fapo_mini.genrm import FlawDetector
 from fapo_mini.preflight import check_run_inputs
 from fapo_mini.verify import is_correct
+
+# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
+TOY_CHECKS = {"toyworld": toyworld.is_correct}
+TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
 
 
 def main():
@@ -50,14 +54,15 @@ def main():
     if args.genrm:
         try:
             detector = FlawDetector(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                    trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
+                                    trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows,
+                                    prompts=TOY_PROMPTS)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
 
     def reward_fn(rows, samples):
         n = len(samples)
         row_of = [rows[s.prompt_index] for s in samples]
-        correct = [is_correct(r, s.text) for r, s in zip(row_of, samples)]
+        correct = [is_correct(r, s.text, TOY_CHECKS) for r, s in zip(row_of, samples)]
         pos = [i for i in range(n) if correct[i]]
         counts = {"accuracy": (len(pos), n)}
         oracle = None
@@ -78,7 +83,7 @@ def main():
             flawed[pos] = torch.tensor(judged, dtype=torch.bool)
         return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
 
-    rl.train(args, info, reward_fn)
+    rl.train(args, info, reward_fn, generators={"genrm": detector.generator} if detector else None)
 
 
 if __name__ == "__main__":

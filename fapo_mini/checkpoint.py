@@ -144,8 +144,9 @@ def load_sharded(ckpt, template: dict) -> dict:
     return template
 
 
-def rng_state() -> dict:
-    """Every RNG a run draws from: python `random`, numpy's global RNG, torch CPU, all CUDA devices.
+def rng_state(generators: dict | None = None) -> dict:
+    """Every RNG a run draws from: python `random`, numpy's global RNG, torch CPU, all CUDA devices,
+    and the named torch.Generators in `generators` (e.g. the sampling GenRM's).
 
     numpy's state holds an ndarray, which weights_only loading refuses, so its
     key array is stored as a list of ints.
@@ -158,11 +159,16 @@ def rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    state["generators"] = {name: g.get_state() for name, g in (generators or {}).items()}
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned (CUDA states only when CUDA is available)."""
+def set_rng_state(state: dict, generators: dict | None = None) -> None:
+    """Restore what rng_state(generators) returned (CUDA states only when CUDA is available)."""
+    for name, g in (generators or {}).items():
+        if name not in state.get("generators", {}):
+            raise ValueError(f"the checkpoint holds no state for the {name} generator; pass --fresh to start over")
+        g.set_state(state["generators"][name])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]

@@ -4,9 +4,10 @@ Why this file exists: FAPO's GenRM is an ordinary chat model that reads a proble
 ground truth and a solution, critiques it, and ends with `\\boxed{k}`: the index of the
 first wrong step, or -1 for "no error" (FAPO_SPEC 2). Everything about it that is plain
 text lives here: the two prompt templates the authors use, step splitting and
-`<paragraph_i>` tagging, verdict parsing, the GenRM's own RL reward, and the metrics of
-its two benchmarks (FAPO_SPEC 4). The flaw detector that runs a GenRM during policy
-training is added at the bottom of this file.
+`<paragraph_i>` tagging, verdict parsing (the benchmark's and the policy-time one), the
+GenRM's own RL reward, and the metrics of its two benchmarks (FAPO_SPEC 4). Nothing here
+imports torch or loads a model: the flaw detector that runs a GenRM during policy training
+is fapo_mini/detector.py.
 
 What it simplifies away: no chat template (the prompts are the user turn's text; the
 tokenizer's `apply_chat_template` wraps them), no sampling, no per-subset bookkeeping
@@ -263,8 +264,7 @@ def processbench_row(row: dict) -> tuple[str, list[str], int]:
     return row["problem"], steps, row["label"]
 
 
-# ----------------------------------------------------------------------------
-# the flaw detector used during policy training (train_policy.py --judge genrm)
+# ---------------------------------------------------------------- the policy-time verdict
 
 def policy_verdict(critique: str) -> int | None:
     """The authors' policy-time reading of a critique (verl recipe/fapo): the last boxed
@@ -275,44 +275,3 @@ def policy_verdict(critique: str) -> int | None:
         return int(boxed.strip()) if boxed is not None else None
     except ValueError:
         return None
-
-
-class FlawDetector:
-    """Runs a GenRM on correct rollouts: detector(rows, responses) -> (flawed, n_invalid).
-
-    The GenRM has its own weights, on the same device as the policy, and our batched
-    sampler. Toy-world rows get the compact toy prompt; other rows the authors'
-    policy-time prompt (POLICY_CRITIC_TEMPLATE) through the GenRM's chat template.
-    A verdict that does not parse counts as NOT flawed (FAPO_SPEC 3) and is counted.
-    """
-
-    def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False, max_rows=256):
-        import torch
-        from fapo_mini.model import load_model, load_tokenizer
-        from fapo_mini.sampler import Sampler, SamplingParams
-        self.tok = load_tokenizer(model_dir, trust_remote_code)
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32   # inference only
-        self.sampler = Sampler(load_model(model_dir, device, dtype).eval(), self.tok, max_rows=max_rows)
-        self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
-        self.generator = torch.Generator(device=device).manual_seed(0)
-
-    def prompt(self, row: dict, response: str) -> str:
-        if row.get("data_source") == "toyworld":
-            from fapo_mini.toycritic import critic_prompt as toy_prompt
-            return toy_prompt(row["prompt"], response)
-        p = row["prompt"]
-        # the authors send the raw question (extra_info.question) when there is one, not the prompt with its suffix
-        problem = (row.get("extra_info") or {}).get("question") or (
-            p if isinstance(p, str) else [m for m in p if m["role"] == "user"][-1]["content"])
-        text = policy_critic_prompt(problem, row["reward_model"]["ground_truth"], response)
-        if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                add_generation_prompt=True)
-        return text
-
-    def __call__(self, rows, responses):
-        if not rows:
-            return [], 0
-        ids = [self.tok.encode(self.prompt(r, s), add_special_tokens=False) for r, s in zip(rows, responses)]
-        verdicts = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
-        return [v is not None and v != NO_ERROR for v in verdicts], sum(v is None for v in verdicts)

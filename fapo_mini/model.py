@@ -184,6 +184,7 @@ class Qwen(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.generation_config: dict | None = None  # the source folder's generation_config.json, if any
 
     def _run(self, ids, pos, attn_for_layer):
         x = self.model.embed_tokens(ids)                                      # (N, C)
@@ -316,11 +317,24 @@ def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
     if cfg.tie_word_embeddings:  # assign=True replaced the shared tensor: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
+    model.generation_config = read_generation_config(folder)
     return model.to(device)
 
 
+def read_generation_config(folder) -> dict | None:
+    """A folder's generation_config.json (Qwen's EOS list, default sampling settings), or None."""
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
 def save_model(model: Qwen, folder, tokenizer=None):
-    """Write a folder that transformers' AutoModelForCausalLM (and vLLM) load."""
+    """Write a folder that transformers' AutoModelForCausalLM (and vLLM) load, with the source's
+    generation_config.json (EOS list, default sampling settings) copied through when it had one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -330,6 +344,8 @@ def save_model(model: Qwen, folder, tokenizer=None):
     hf = model.cfg.to_hf()
     hf["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(hf, indent=2))
+    if model.generation_config is not None:
+        (folder / "generation_config.json").write_text(json.dumps(model.generation_config, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 

@@ -84,6 +84,7 @@ class RolloutCopy:
         copy.to_empty(device=info.device).to(self.dtype)
         if live.cfg.tie_word_embeddings:  # to_empty made two tensors of the shared one: tie again
             copy.lm_head.weight = copy.model.embed_tokens.weight
+        copy.generation_config = live.generation_config      # the sampler's stop set reads its EOS ids
         self.model = copy.eval().requires_grad_(False)
         self.refresh()
 

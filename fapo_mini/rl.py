@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fapo_mini import dist, grpo, parallel
+from fapo_mini import dist, grpo, parallel, tracking
 from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_sharded, load_state,
                                   rng_state, save_checkpoint, set_rng_state)
 from fapo_mini.data import batch_indices, load_rows, prompt_text, shard, validate_rows
@@ -81,11 +81,13 @@ def add_common_args(ap):
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     g.add_argument("--fresh", action="store_true", help="ignore checkpoints in --out and start over")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--report-to", default="none", choices=tracking.REPORT_TO, type=tracking.report_to_arg,
+                   help="also log to (metrics.jsonl always)")
     return ap
 
 
 # flags that may change when a run is resumed; every other flag must match the checkpoint
-RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing")
+RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to")
 
 
 def log_metrics(metrics_path: Path, line: dict) -> None:
@@ -101,10 +103,11 @@ def mixed_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
     return (~(groups == groups[:, :1]).all(1)).tolist()
 
 
-def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.ground_truth")):
+def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.ground_truth"), generators=None):
     """The RL run, on the ranks `info` describes (the script's one dist.setup()).
     `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
     metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
+    `generators`: name -> the torch.Generator a reward draws from (a sampling GenRM's), checkpointed.
     Resumes from the newest checkpoint in --out unless --fresh."""
     out = Path(args.out)
     try:  # bad data, model folder, checkpoint or flags: end with the message, not a traceback
@@ -147,7 +150,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
             else:
                 opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
-            set_rng_state(rank_state["rng"])
+            set_rng_state(rank_state["rng"], generators)
             gen.set_state(rank_state["sampler_rng"])
             start = state["step"]
             dist.print0(f"resuming from {ckpt} at step {start}")
@@ -158,6 +161,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
         (out / "config.json").write_text(json.dumps(config, indent=2))
         lines = metrics_path.read_text().splitlines(keepends=True)[:start] if ckpt and metrics_path.exists() else []
         metrics_path.write_text("".join(lines))                # drop lines logged after the checkpoint
+        tracker = tracking.start(args.report_to, out, config, resumed_at=start)
     dist.barrier()
     rollout = parallel.RolloutCopy(model, info, args.fsdp)     # CPU + DDP: the live policy itself
     sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows)
@@ -171,10 +175,16 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
 
     def rank_state():
         """Everything this rank draws random numbers from: the one place a checkpoint gathers RNG state."""
-        return {"rng": rng_state(), "sampler_rng": gen.get_state()}
+        return {"rng": rng_state(generators), "sampler_rng": gen.get_state()}
 
     def save(step):
         full = parallel.full_state_dict(trained)                   # FSDP2: gathered on rank 0 (a collective)
+
+        def export(folder):                                        # an HF folder, generation_config.json kept
+            exported = parallel.model_from_state_dict(model.cfg, full)
+            exported.generation_config = model.generation_config
+            save_model(exported, folder, tok)
+
         sharded = None
         state = {"scheduler": sched.state_dict(), "step": step, "config": config}
         if args.fsdp:                                              # each rank writes its shard of AdamW (DCP)
@@ -182,7 +192,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
             sharded = {"optimizer": get_optimizer_state_dict(model, opt)}
         else:
             state["optimizer"] = opt.state_dict()
-        save_checkpoint(out, step, lambda d: save_model(parallel.model_from_state_dict(model.cfg, full), d, tok),
+        save_checkpoint(out, step, export,
                         state, rank_state(), info, args.keep, sharded=sharded)
 
     def sample_round(step, round_):
@@ -279,6 +289,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
                 line["max_memory_gb"] = torch.cuda.max_memory_allocated(info.device) / 2**30
             if info.is_main:
                 log_metrics(metrics_path, line)
+                tracker.log(line)
                 bar.set_postfix({k: round(line[k], 3) for k in ("accuracy", "fp_ratio") if line.get(k) is not None})
             last = step + 1 == args.steps
             stopping = stop.should_stop(info.device)

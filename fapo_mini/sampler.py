@@ -82,14 +82,21 @@ def sample_tokens(logits, params: SamplingParams, generator):
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a row: the tokenizer's EOS and the EOS ids of config.json and of
+    generation_config.json (an int or a list each; Qwen's chat models list <|im_end|> there)."""
+    ids = {tokenizer.eos_token_id}
+    for eos in (model.cfg.eos_token_id, (getattr(model, "generation_config", None) or {}).get("eos_token_id")):
+        ids |= set(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
 class Sampler:
     """sampler = Sampler(model, tokenizer); samples = sampler.generate(prompt_ids, params)."""
 
     def __init__(self, model, tokenizer, max_rows=256):
         self.model, self.tok, self.max_rows = model, tokenizer, max_rows
-        eos = tokenizer.eos_token_id if model.cfg.eos_token_id is None else model.cfg.eos_token_id
-        eos = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
-        self.eos = torch.tensor(sorted(i for i in eos if i is not None))
+        self.eos = torch.tensor(eos_ids(model, tokenizer))   # tokenizer + config.json + generation_config.json
         self._stop_masks = {}
 
     def _stop_candidates(self, stops):

@@ -129,11 +129,11 @@ def math_correct(response: str, ground_truth: str) -> bool:
     return answer is not None and normalize_final_answer(answer) == truth
 
 
-def is_correct(row: dict, response: str) -> bool:
-    """The outcome check for one verl-format row: the toy world's exact answer check for
-    `data_source == "toyworld"`, the boxed-answer rule (math_correct) for everything else."""
+def is_correct(row: dict, response: str, checks: dict | None = None) -> bool:
+    """The outcome check for one verl-format row: the boxed-answer rule (math_correct) against
+    `reward_model.ground_truth`, unless `checks` maps the row's `data_source` to a check of its
+    own, `check(response, ground_truth) -> bool` (how the toy world plugs in: the scripts pass
+    `{"toyworld": toyworld.is_correct}`)."""
     gt = str(row["reward_model"]["ground_truth"])
-    if row.get("data_source") == "toyworld":
-        from fapo_mini.toyworld import is_correct as toy_correct
-        return toy_correct(response, gt)
-    return math_correct(response, gt)
+    check = (checks or {}).get(row.get("data_source"), math_correct)
+    return check(response, gt)

@@ -19,8 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fapo_mini.data import load_rows, prompt_text, validate_rows
+from fapo_mini.detector import FlawDetector
 from fapo_mini.errors import UserError
-from fapo_mini.genrm import FlawDetector
 from fapo_mini.model import load_model, load_tokenizer
 from recipes import prepare_dapo
 from recipes.tiny_model import make_tiny
