@@ -13,7 +13,7 @@ ground truth are scored:
     the toy world, `kinds`: [correct, total] per kind of solution (toyworld.flaw_kind).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
-    ProcessBench F1 (FAPO_SPEC 4), per sample and with a majority vote over the n samples.
+    ProcessBench F1 (docs/method.md §7), per sample and with a majority vote over the n samples.
 The last line printed is the JSON summary, with gen_tokens and gen_seconds (model
 loading excluded) so throughput compares with other engines. Bad input (a model folder,
 the data, labels, prompts too long for the model with --max-new-tokens, --out) ends
@@ -76,7 +76,7 @@ def score_policy(rows, n, detector=None):
 
 
 def score_critic(rows, n):
-    """Rows of a GenRM run (n per critic prompt): verdicts and FAPO_SPEC 4 benchmarks."""
+    """Rows of a GenRM run (n per critic prompt): verdicts and the benchmarks of docs/method.md §7."""
     for r in rows:
         r["verdict"] = genrm.parse_verdict(r["response"], r["extra_info"]["total_steps"])
     labels = [int(get_field(r, "reward_model.ground_truth")) for r in rows]

@@ -6,7 +6,7 @@
 Rows are verl-format critic rows (FAPO-Critic, or the toy world's critic set): `prompt`
 (the critic prompt; chat messages go through the chat template), `reward_model.ground_truth`
 = the first wrong step (-1 for none), `extra_info.total_steps`. Each critique is scored:
-  --reward step     R_outcome + R_process (FAPO_SPEC 2, the paper's reward), default
+  --reward step     R_outcome + R_process (docs/method.md §3; paper §3.1, Eq. 7), default
   --reward outcome  +1 / -1 on the flawed-or-clean decision only (the ablation)
 The loop (sampling, advantages, PPO update, DDP, checkpoints) is fapo_mini/rl.py, shared
 with train_policy.py; only the reward differs.
@@ -22,7 +22,7 @@ from fapo_mini.preflight import check_critic_labels, check_run_inputs
 
 def main():
     ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
-    ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (FAPO_SPEC 2)")
+    ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (docs/method.md §3)")
     args = ap.parse_args()
     fields = ("prompt", "reward_model.ground_truth", "extra_info.total_steps")
     check_critic_labels(check_run_inputs(args, fields), args.data)   # every row before step 1

@@ -6,7 +6,7 @@
     torchrun --nnodes=N --node-rank=R --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT \
         --rdzv-id=RUN train_policy.py ...                   # node R of N (run on every node)
 
-One step (FAPO_SPEC 3; the loop itself is fapo_mini/rl.py, shared with train_genrm.py):
+One step (docs/method.md §4 and §6; the loop itself is fapo_mini/rl.py, shared with train_genrm.py):
   1. each rank samples n rollouts for its shard of prompts with the live policy;
   2. outcome: +1 if the final answer is right, -1 if not (fapo_mini/verify.py);
   3. only the CORRECT rollouts go to the judge, which says whether each is flawed:

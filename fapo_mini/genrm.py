@@ -2,10 +2,10 @@
 
 Why this file exists: FAPO's GenRM is an ordinary chat model that reads a problem, its
 ground truth and a solution, critiques it, and ends with `\\boxed{k}`: the index of the
-first wrong step, or -1 for "no error" (FAPO_SPEC 2). Everything about it that is plain
+first wrong step, or -1 for "no error" (docs/method.md §3; paper §3.1). Everything about it that is plain
 text lives here: the two prompt templates the authors use, step splitting and
 `<paragraph_i>` tagging, verdict parsing (the benchmark's and the policy-time one), the
-GenRM's own RL reward, and the metrics of its two benchmarks (FAPO_SPEC 4). Nothing here
+GenRM's own RL reward, and the metrics of its two benchmarks (docs/method.md §7). Nothing here
 imports torch or loads a model: the flaw detector that runs a GenRM during policy training
 is fapo_mini/detector.py.
 
@@ -25,7 +25,7 @@ from collections import Counter
 
 from fapo_mini.verify import extract_boxed
 
-# FAPO_SPEC 2: the GenRM's training and benchmark prompt (user turn), as FAPO-Critic rows hold it.
+# docs/method.md §3 (paper App. F): the GenRM's training and benchmark prompt (user turn), as FAPO-Critic rows hold it.
 CRITIC_TEMPLATE = (
     "The following is a math problem with its ground truth answer, along with an AI solution "
     "(split into paragraphs, enclosed with tags and indexed from 0):\n\n"
@@ -38,7 +38,7 @@ CRITIC_TEMPLATE = (
     "Please reason step by step, put your final answer (i.e., the index) in \\boxed{{}}."
 )
 
-# FAPO_SPEC 2: the policy-time variant: the raw, untagged response, "steps" for "paragraphs".
+# docs/method.md §3: the policy-time variant: the raw, untagged response, "steps" for "paragraphs".
 # Text from yyDing1/FAPO fapo/fapo_reasoning/reward_fn.py (QUERY_TEMPLATE_PRM_GT) and, identical,
 # verl recipe/fapo/reward_fn_reasoning.py (FAPO_GENRM_TEMPLATE).
 POLICY_CRITIC_TEMPLATE = (
@@ -53,7 +53,7 @@ POLICY_CRITIC_TEMPLATE = (
     "Please reason step by step, put your final answer (i.e., the index) in \\boxed{{}}."
 )
 
-VERDICT_WINDOW = 300  # FAPO_SPEC 2: the verdict is read from the critique's last 300 characters
+VERDICT_WINDOW = 300  # docs/method.md §3: the verdict is read from the critique's last 300 characters
 NO_ERROR = -1  # the verdict for a solution without a wrong step
 
 
@@ -103,7 +103,7 @@ def tag_steps(steps: list[str]) -> str:
     for i, step in enumerate(steps):
         if not isinstance(step, str) or not step.strip():
             raise ValueError(f"step {i} must be a non-empty str, got {step!r}")
-    # FAPO_SPEC 2: each step i as <paragraph_i>\n{step}\n</paragraph_i>, joined by a blank line
+    # docs/method.md §3: each step i as <paragraph_i>\n{step}\n</paragraph_i>, joined by a blank line
     return "\n\n".join(f"<paragraph_{i}>\n{step}\n</paragraph_{i}>" for i, step in enumerate(steps))
 
 
@@ -139,12 +139,12 @@ def parse_verdict(text: str, n_steps: int) -> int | None:
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
     _check_n_steps(n_steps)
-    answer = extract_boxed(text[-VERDICT_WINDOW:])  # FAPO_SPEC 2: last box in the last 300 chars
+    answer = extract_boxed(text[-VERDICT_WINDOW:])  # docs/method.md §3: last box in the last 300 chars
     # An integer as int() reads one (spaces, a sign), ASCII digits only.
     if answer is None or not re.fullmatch(r"\s*[+-]?[0-9]+\s*", answer):
         return None
     k = int(answer)
-    return k if k == NO_ERROR or 0 <= k < n_steps else None  # FAPO_SPEC 2: -1 or 0 <= k < n
+    return k if k == NO_ERROR or 0 <= k < n_steps else None  # docs/method.md §3: -1 or 0 <= k < n
 
 
 def outcome_reward(pred: int | None, label: int) -> float:
@@ -157,12 +157,12 @@ def outcome_reward(pred: int | None, label: int) -> float:
     if not _is_int(label) or label < -1:
         raise ValueError(f"label must be an int >= -1, got {label!r}")
     if pred is None:
-        return -1.0  # FAPO_SPEC 2: invalid / unparsable -> -1
-    return 1.0 if (pred == NO_ERROR) == (label == NO_ERROR) else -1.0  # FAPO_SPEC 2: R_outcome
+        return -1.0  # docs/method.md §3: invalid / unparsable -> -1
+    return 1.0 if (pred == NO_ERROR) == (label == NO_ERROR) else -1.0  # docs/method.md §3 (paper Eq. 7): R_outcome
 
 
 def step_reward(pred: int | None, label: int, n_steps: int) -> float:
-    """The GenRM's step-wise RL reward (FAPO_SPEC 2's table).
+    """The GenRM's step-wise RL reward (docs/method.md §3's table; paper §3.1, Eq. 7).
 
     - pred None (invalid verdict): -1
     - label -1 (clean): +1 if pred is -1, else -1
@@ -175,7 +175,7 @@ def step_reward(pred: int | None, label: int, n_steps: int) -> float:
         _check_index("pred", pred, n_steps)
     reward = outcome_reward(pred, label)
     if pred is not None and pred != NO_ERROR and label != NO_ERROR:
-        reward -= abs(pred - label) / n_steps  # FAPO_SPEC 2: R_process = -|t - t*| / n
+        reward -= abs(pred - label) / n_steps  # docs/method.md §3 (paper Eq. 7): R_process = -|t - t*| / n
     return reward
 
 
@@ -202,7 +202,7 @@ def _harmonic(a: float, b: float) -> float:
 
 
 def flawed_positive_metrics(preds: list[int | None], labels: list[int]) -> dict:
-    """FlawedPositiveBench (FAPO_SPEC 4) on correct-answer samples only: positive = flawed.
+    """FlawedPositiveBench (docs/method.md §7; paper §3.1, Eq. 6) on correct-answer samples only: positive = flawed.
 
     Predicted flawed = `pred != -1`, so an invalid verdict (None) counts as flawed.
     Returns precision, recall, f1, acc and the confusion counts tp, fp, fn, tn.
@@ -210,18 +210,18 @@ def flawed_positive_metrics(preds: list[int | None], labels: list[int]) -> dict:
     _check_pairs(preds, labels)
     tp = fp = fn = tn = 0
     for pred, label in zip(preds, labels):
-        said_flawed, is_flawed = pred != NO_ERROR, label != NO_ERROR  # FAPO_SPEC 4: None -> flawed
+        said_flawed, is_flawed = pred != NO_ERROR, label != NO_ERROR  # docs/method.md §7: None -> flawed
         tp += said_flawed and is_flawed
         fp += said_flawed and not is_flawed
         fn += is_flawed and not said_flawed
         tn += not said_flawed and not is_flawed
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    return dict(precision=precision, recall=recall, f1=_harmonic(precision, recall),  # FAPO_SPEC 4
+    return dict(precision=precision, recall=recall, f1=_harmonic(precision, recall),  # paper Eq. 6
                 acc=(tp + tn) / len(labels), tp=tp, fp=fp, fn=fn, tn=tn)
 
 
 def processbench_f1(preds: list[int | None], labels: list[int]) -> dict:
-    """ProcessBench F1 (FAPO_SPEC 4) for one subset.
+    """ProcessBench F1 (docs/method.md §7; paper §4.2) for one subset.
 
     err_acc: share of erroneous samples whose first wrong step is found exactly;
     correct_acc: share of clean samples answered -1; f1: their harmonic mean.
@@ -232,8 +232,8 @@ def processbench_f1(preds: list[int | None], labels: list[int]) -> dict:
     clean = [p for p, y in zip(preds, labels) if y == NO_ERROR]
     if not erroneous or not clean:
         raise ValueError(f"need erroneous and clean samples, got {len(erroneous)} and {len(clean)}")
-    err_acc = sum(p == y for p, y in erroneous) / len(erroneous)  # FAPO_SPEC 4: exact first error
-    correct_acc = sum(p == NO_ERROR for p in clean) / len(clean)  # FAPO_SPEC 4: -1 on clean ones
+    err_acc = sum(p == y for p, y in erroneous) / len(erroneous)  # docs/method.md §7: exact first error
+    correct_acc = sum(p == NO_ERROR for p in clean) / len(clean)  # docs/method.md §7: -1 on clean ones
     return dict(err_acc=err_acc, correct_acc=correct_acc, f1=_harmonic(err_acc, correct_acc))
 
 

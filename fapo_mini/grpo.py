@@ -6,12 +6,13 @@ pure functions (no model, no process group) lets a reader check each against the
 and lets the tests check each against a hand computation.
 
 One policy step, in order:
-  fapo_rewards      +1 / -1, minus lambda for a flawed positive       (FAPO_SPEC 3)
-  overlong_penalty  DAPO's soft length penalty, added to the reward
-  group_advantages  (r - mean_g) / (std_g + eps), one value per rollout (GRPO)
-  clipped_loss      PPO clip with clip-higher and dual-clip, per token
+  fapo_rewards      +1 / -1, minus lambda for a flawed positive       (§4; paper Eq. 8)
+  overlong_penalty  DAPO's soft length penalty, added to the reward   (§8)
+  group_advantages  (r - mean_g) / (std_g + eps), one per rollout      (§6, §8; paper Eq. 1)
+  clipped_loss      PPO clip with clip-higher and dual-clip, per token (§6; paper Eq. 3)
   kl_k3             optional k3 KL to a reference policy, per token (FAPO runs without it)
-  aggregate         this micro-batch's share of the mini-batch loss
+  aggregate         this micro-batch's share of the mini-batch loss   (§6, §8; paper Eqs. 2-3)
+The section numbers are those of docs/method.md, which derives each formula.
 
 Why the loss is near zero on the first mini-batch (do not be alarmed): on-policy, the
 first update sees logp == old_logp, so every ratio is 1 and the per-token loss is just
@@ -43,7 +44,7 @@ def fapo_rewards(correct, flawed, lam=1.0):
     if correct.shape != flawed.shape:
         raise ValueError(f"correct {tuple(correct.shape)} and flawed {tuple(flawed.shape)} differ in shape")
     outcome = torch.where(correct, 1.0, -1.0)
-    # FAPO_SPEC 3: r = (+1 if correct else -1) - lambda * [correct and flawed]
+    # docs/method.md §4 (paper §3.2, Eq. 8): r = (+1 if correct else -1) - lambda * [correct and flawed]
     return (outcome - lam * (correct & flawed).float()).float()
 
 
@@ -56,7 +57,7 @@ def overlong_penalty(lengths, max_len, buffer):
     if not 0 < buffer <= max_len:
         raise ValueError(f"need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}")
     lengths = torch.as_tensor(lengths, dtype=torch.float32)
-    # DAPO soft overlong punishment: R_length = min(-(L - (L_max - B)) / B, 0)
+    # docs/method.md §8, DAPO's soft overlong punishment: R_length = min(-(L - (L_max - B)) / B, 0)
     return torch.clamp(-(lengths - (max_len - buffer)) / buffer, max=0.0)
 
 
@@ -77,7 +78,7 @@ def group_advantages(rewards, group_size, eps=1e-6):
     if group_size == 1:
         return torch.zeros_like(rewards)
     r = rewards.view(-1, group_size)  # (G, n)
-    # FAPO_SPEC 3 (GRPO): A_i = (r_i - mean_g) / (std_g + eps), std unbiased
+    # docs/method.md §6 (paper §2.1, Eq. 1): A_i = (r_i - mean_g) / (std_g + eps), std unbiased
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)  # (G, n)
     return adv.view(-1)
 
@@ -102,11 +103,11 @@ def clipped_loss(logp, old_logp, adv, eps_low=0.2, eps_high=0.28, dual_clip=10.0
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     log_ratio = torch.clamp(logp - old_logp, -log_ratio_clamp, log_ratio_clamp)  # (T,) for stability
     ratio = torch.exp(log_ratio)
-    # PPO clip with DAPO clip-higher: max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
+    # docs/method.md §6 (paper §2.1, Eq. 3), PPO clip with clip-higher: max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     loss = torch.maximum(loss_unclipped, loss_clipped)
-    # Dual-clip (Ye et al. 2020, arXiv 1912.09729): for A < 0, min(loss, -A c)
+    # docs/method.md §6, dual-clip (Ye et al. 2020, arXiv 1912.09729): for A < 0, min(loss, -A c)
     loss_cap = -adv * dual_clip
     loss = torch.where(adv < 0, torch.minimum(loss, loss_cap), loss)
     stats = {
@@ -125,7 +126,7 @@ def kl_k3(logp, ref_logp):
     if logp.shape != ref_logp.shape:
         raise ValueError(f"logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} differ in shape")
     d = torch.clamp(ref_logp - logp, -20.0, 20.0)  # (T,)
-    # k3: exp(ref - logp) - (ref - logp) - 1
+    # docs/method.md §6, k3: exp(ref - logp) - (ref - logp) - 1
     return torch.clamp(torch.exp(d) - d - 1, max=10.0)
 
 
@@ -152,8 +153,8 @@ def aggregate(per_token, seq_index, mode, denom, max_len=None):
     only the normaliser is global. Summing this over micro-batches and ranks gives the
     mini-batch loss exactly. Under DDP, which AVERAGES gradients over W ranks, the caller
     multiplies by W (or divides denom by W) to undo it.
-      token-mean               sum_t l_t / N_tokens                        (DAPO)
-      seq-mean-token-mean      sum_s mean_{t in s} l_t / N_seqs             (GRPO paper)
+      token-mean               sum_t l_t / N_tokens                        (DAPO; paper Eq. 3)
+      seq-mean-token-mean      sum_s mean_{t in s} l_t / N_seqs             (GRPO; paper Eq. 2)
       seq-mean-token-sum-norm  sum_s (sum_{t in s} l_t / max_len) / N_seqs  (Dr. GRPO)
     Example: per_token=[1, 2, 3], seq_index=[0, 0, 1], denom of the whole batch 6 tokens
       -> token-mean 1.0; with 4 sequences in the batch, seq-mean-token-mean (1.5 + 3) / 4.

@@ -179,7 +179,7 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
 
 
 def make_optimizer(model, lr, warmup_steps, weight_decay=0.1):
-    """AdamW with linear warm-up then a constant rate (docs/method.md §8: constant after warm-up)."""
+    """AdamW with linear warm-up then a constant rate (docs/method.md §6; paper App. B, Table 1)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
     return opt, sched

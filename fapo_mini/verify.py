@@ -1,7 +1,7 @@
 """Outcome verification: is a math response's final answer right?
 
 Why this file exists: every reward in FAPO starts from the rule-based outcome check
-that DAPO uses (FAPO_SPEC 3): take the last `\\boxed{...}` in the last 300
+that DAPO uses (docs/method.md §2; paper §2.1, Eq. 4): take the last `\\boxed{...}` in the last 300
 characters of the response, normalise it and the ground truth with DAPO's
 `normalize_final_answer`, compare the two strings. This file is our own reading of
 that rule (verl `verl/utils/reward_score/math_dapo.py`), written to be read top to
@@ -19,7 +19,7 @@ answer: `\\boxed 5` is not.
 import re
 
 BOXED = "\\boxed{"
-ANSWER_WINDOW = 300  # FAPO_SPEC 3: only the response's last 300 characters are searched
+ANSWER_WINDOW = 300  # docs/method.md §2: only the response's last 300 characters are searched
 
 # DAPO's literal replacements, in DAPO's order (order matters: "an " goes before "a ").
 SUBSTITUTIONS = [
@@ -111,7 +111,7 @@ def normalize_final_answer(s: str) -> str:
 
 
 def math_correct(response: str, ground_truth: str) -> bool:
-    """FAPO_SPEC 3: does the last boxed answer in the response's tail match the truth?
+    """docs/method.md §2 (paper Eq. 4): does the last boxed answer in the response's tail match the truth?
 
     `math_correct("... so the answer is \\boxed{1,000}.", "1000")` -> True. A response
     without a closed `\\boxed{}` in its last 300 characters is wrong.
@@ -124,8 +124,8 @@ def math_correct(response: str, ground_truth: str) -> bool:
     truth = normalize_final_answer(ground_truth)
     if not truth:
         raise ValueError(f"ground truth {ground_truth!r} normalises to an empty string")
-    answer = extract_boxed(response[-ANSWER_WINDOW:])  # FAPO_SPEC 3: last box in the last 300 chars
-    # FAPO_SPEC 3: normalised on both sides, then a plain string compare.
+    answer = extract_boxed(response[-ANSWER_WINDOW:])  # docs/method.md §2: last box in the last 300 chars
+    # docs/method.md §2: normalised on both sides, then a plain string compare.
     return answer is not None and normalize_final_answer(answer) == truth
 
 

@@ -40,7 +40,7 @@ from fapo_mini.data import load_rows, read_dataset
 from fapo_mini.errors import UserError, cli
 from fapo_mini.preflight import check_output
 
-# FAPO_SPEC 3: the paper's prompt = question + this suffix
+# docs/method.md §2 (paper App. F): the paper's prompt = question + this suffix
 SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 

@@ -123,7 +123,7 @@ def test_parse_verdict_bad_input():
         parse_verdict(None, 3)
 
 
-# FAPO_SPEC 2's table: (pred, label, n_steps, step reward, outcome-only reward).
+# docs/method.md §3's table (paper Eq. 7): (pred, label, n_steps, step reward, outcome-only reward).
 REWARD_TABLE = [
     (None, -1, 5, -1.0, -1.0),  # invalid
     (None, 2, 5, -1.0, -1.0),

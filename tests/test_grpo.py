@@ -272,7 +272,7 @@ def test_aggregate_hand_values_and_errors():
 
 @pytest.mark.parametrize("lam", [0.5, 0.8, 1.0, 1.5])
 def test_fapo_shift_point(lam):
-    """FAPO_SPEC 5: a flawed positive's advantage is > 0 iff rho = alpha / beta < 2 / lam - 1."""
+    """docs/method.md §5 (paper App. A, Eq. 17): a flawed positive's advantage is > 0 iff rho = alpha / beta < 2 / lam - 1."""
     threshold = 2 / lam - 1
     checked = {"+": 0, "-": 0}
     for n_right in range(0, 9):

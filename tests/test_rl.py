@@ -315,7 +315,7 @@ def policy_args(model, data, out, lam, steps, prompts):
 def check_policy_line(line, lam):
     assert POLICY_KEYS <= line.keys()
     acc, fp = line["accuracy"], line["fp_ratio"]
-    # FAPO_SPEC 3: mean reward = acc * 1 + (1 - acc) * (-1) - lam * (share of flawed positives) = 2 acc - 1 - lam acc fp
+    # docs/method.md §4: mean reward = acc * 1 + (1 - acc) * (-1) - lam * (share of flawed positives) = 2 acc - 1 - lam acc fp
     assert line["reward"] == pytest.approx(2 * acc - 1 - lam * acc * (fp or 0.0), abs=1e-12)
     for k in ("accuracy", "truncated", "zero_var_groups", "clip_frac"):
         assert 0 <= line[k] <= 1, k
@@ -361,7 +361,7 @@ def test_train_genrm_torchrun(tmp_path, model_dir, toy_problems):
     assert GENRM_KEYS <= line.keys()
     for k in ("valid", "exact", "decision_acc"):
         assert 0 <= line[k] <= 1, k
-    # 8 new tokens cannot hold "\boxed{k}" (9 bytes): every critique is invalid, and invalid scores -1 (FAPO_SPEC 2)
+    # 8 new tokens cannot hold "\boxed{k}" (9 bytes): every critique is invalid, and invalid scores -1 (docs/method.md §3)
     assert line["valid"] == 0 and line["exact"] == 0 and line["reward"] == -1.0
     assert line["zero_var_groups"] == 1.0 and line["grad_norm"] == 0.0      # all -1: no advantage, no gradient
 

@@ -51,7 +51,7 @@ NORMALIZE_TABLE = [
 # Inputs on which we differ from DAPO on purpose; everything else must match its output exactly.
 DEVIATIONS = {"\\dfrac{1}{2}", "\\tfrac12", "\\left( 1, 2 \\right)", "5.", "1,000."}
 
-# (response, ground truth, expected math_correct), by hand from FAPO_SPEC 3.
+# (response, ground truth, expected math_correct), by hand from the rule in docs/method.md §2.
 CORRECT_TABLE = [
     ("So the answer is \\boxed{5}.", "5", True),
     ("So the answer is \\boxed{5}.", "6", False),
