@@ -1,7 +1,7 @@
 """The toy world's GenRM data: its compact prompt, the critique it learns, and its rows.
 
 Why this file exists: the paper trains its GenRM on the policy's own CORRECT rollouts,
-labelled with the first wrong step and balanced flawed / clean (FAPO_SPEC 2). Here the
+labelled with the first wrong step and balanced flawed / clean (docs/method.md §3). Here the
 label is exact (`toyworld.first_error`), and the prompt is a compact numbered listing
 instead of the long FAPO-Critic template, which a 4-layer model cannot read. The rows are
 in verl's format, so train_genrm.py and rollout.py treat them like real critic rows.
@@ -17,6 +17,7 @@ import os
 import random
 import re
 
+from fapo_mini.errors import UserError, cli
 from fapo_mini.toyworld import first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
 
 
@@ -82,8 +83,19 @@ def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, s
 def build(args):
     """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
     (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
+    if not os.path.isfile(args.rollouts):
+        raise UserError(f"--rollouts {args.rollouts}: no such file")
+    rows = []
     with open(args.rollouts) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{args.rollouts}:{lineno}: not a JSON line ({e.msg})") from None
+                if not {"prompt", "response", "reward_model"} <= set(rows[-1]):
+                    raise UserError(f"{args.rollouts}:{lineno}: a rollout row needs prompt, response and "
+                                    "reward_model (rollout.py's output)")
     items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
                                if is_correct(r["response"], r["reward_model"]["ground_truth"])))
     if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
@@ -95,7 +107,7 @@ def build(args):
             print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
     items = balance_critic(items, args.seed)
     if not items:
-        raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
+        raise UserError(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
     prompts = sorted({p for p, _ in items})
     test = set(random.Random(args.seed).sample(prompts, int(len(prompts) * args.test_share)))
     os.makedirs(args.out, exist_ok=True)
@@ -115,8 +127,11 @@ def main():
     ap.add_argument("--teacher-fill", type=int, default=0,
                     help="top each class up to N with teacher traces (only for tiny smoke runs)")
     ap.add_argument("--seed", type=int, default=0)
-    build(ap.parse_args())
+    args = ap.parse_args()
+    if not 0 < args.test_share < 1:
+        raise UserError(f"--test-share must be in (0, 1), got {args.test_share}")
+    build(args)
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
