@@ -10,8 +10,9 @@
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
-# interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS (default 1)
-# is the torch thread count of every process; the RL stages run 2 ranks of that many.
+# interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS sets the torch
+# thread count of the one-process stages (default: torch's own, one per core); the RL
+# stages always run 2 ranks of one thread each.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,17 +30,17 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
   PYTHON=.venv/bin/python
 fi
-export OMP_NUM_THREADS="${DEMO_THREADS:-1}"   # one thread per process: on a busy 2-core machine more threads are slower
+[ -n "${DEMO_THREADS:-}" ] && export OMP_NUM_THREADS="$DEMO_THREADS"
 PY="$PYTHON"
-TORCHRUN="$PY -m torch.distributed.run --nproc_per_node=2"
+TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"   # 2 ranks x 1 thread
 
 # sizes: the default run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
   GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
 else
-  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=350; SFT_BATCH=128; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
-  GENRM_RL_STEPS=10; RL_STEPS=20; PPS=16; N_EVAL=300; FILL=0
+  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=400; SFT_BATCH=128; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
+  GENRM_RL_STEPS=8; RL_STEPS=20; PPS=16; N_EVAL=250; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
