@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# GRPO vs FAPO on the toy world, end to end, on two CPU cores.
+# GRPO vs FAPO on the toy world's shortcut, end to end, on two CPU cores.
 #
-#   ./demo.sh                 the full run (see README for its wall time and results)
+#   ./demo.sh                 the default run: 4 arms x 3 seeds (see docs/results.md for its wall time)
+#   ./demo.sh --seeds 5       the robustness run
 #   ./demo.sh --quick         the same chain at toy sizes (about two minutes; what the tests run)
-#   ./demo.sh --seeds 2 --out runs/mine
+#   ATEN_CPU_CAPABILITY=default ./demo.sh --seeds 5 --out runs/demo-default-kernels
+#                             the same run on torch's non-vectorised CPU kernels: other float rounding,
+#                             as on another CPU (the "two machines" check, docs/results.md)
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
-# OUT/curves.png, and a markdown table at the end. Set PYTHON to use an existing
-# interpreter; otherwise .venv is made from requirements.txt.
+# OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
+# interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS sets the torch
+# thread count of the one-process stages (default: torch's own, one per core); the RL
+# stages always run 2 ranks of one thread each.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,14 +30,17 @@ if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
   PYTHON=.venv/bin/python
 fi
+[ -n "${DEMO_THREADS:-}" ] && export OMP_NUM_THREADS="$DEMO_THREADS"
 PY="$PYTHON"
 TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"   # 2 ranks x 1 thread
 
-# sizes: the full run, or toy sizes that only prove the chain works
+# sizes: the default run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
-  N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32; GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
+  N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
+  GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
 else
-  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=500; SFT_BATCH=128; GENRM_PROMPTS=2000; GENRM_SFT_STEPS=200; GENRM_BATCH=96; GENRM_RL_STEPS=15; RL_STEPS=30; PPS=16; N_EVAL=500; FILL=0
+  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=400; SFT_BATCH=128; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
+  GENRM_RL_STEPS=8; RL_STEPS=20; PPS=16; N_EVAL=250; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
@@ -41,17 +49,19 @@ stage() {  # stage NAME command...: run it and record its wall time in OUT/times
   "$@"
   awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$OUT/times.tsv"
 }
+last_ckpt() { echo "$1/ckpt/$(ls "$1/ckpt" | tail -1)/model"; }
 
-# 1. the world: policy rows (train / held-out test / longer-chain hard), flawed-teacher traces, tokenizer
-stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT --n-test $N_EVAL --n-hard $N_EVAL
+# 1. the world: policy rows (train, held-out test / hard / shift), flawed-teacher traces, tokenizer
+stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT \
+  --n-test $N_EVAL --n-hard $N_EVAL --n-shift $N_EVAL
 
-# 2. policy warm start on the flawed teacher (flawed positives arise on their own from here)
+# 2. policy warm start on the flawed teacher: short on purpose, so RL starts weak (docs/toyworld.md)
 stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/policy_sft"
 
 # 3. GenRM data as the paper made it: sample the policy, keep correct rollouts, label by the oracle, balance
 stage genrm_data $PY rollout.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" --limit $GENRM_PROMPTS --n 4 \
-  --temperature 1.0 --max-new-tokens 64 --out "$OUT/genrm_data/rollouts.jsonl"
+  --temperature 1.0 --max-new-tokens 64 --batch-size 256 --out "$OUT/genrm_data/rollouts.jsonl"
 stage genrm_data $PY -m fapo_mini.toycritic --rollouts "$OUT/genrm_data/rollouts.jsonl" --out "$OUT/genrm_data" \
   --teacher-fill $FILL
 
@@ -62,32 +72,32 @@ stage genrm_sft $PY -m fapo_mini.sft --data "$OUT/genrm_data/sft_genrm.jsonl" --
 for reward in step outcome; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
-    --steps $GENRM_RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 200 --lr 1e-4 --warmup 2
+    --steps $GENRM_RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 160 --lr 1e-4 --warmup 2
 done
-GENRM="$OUT/genrm_rl_step/ckpt/$(ls "$OUT/genrm_rl_step/ckpt" | tail -1)/model"
-for name in sft:"$OUT/genrm_sft" rl_outcome:"$OUT/genrm_rl_outcome/ckpt/$(ls "$OUT/genrm_rl_outcome/ckpt" | tail -1)/model" \
-            rl_step:"$GENRM"; do
+GENRM=$(last_ckpt "$OUT/genrm_rl_step")
+for name in sft:"$OUT/genrm_sft" rl_outcome:"$(last_ckpt "$OUT/genrm_rl_outcome")" rl_step:"$GENRM"; do
   stage genrm_eval $PY rollout.py --model "${name#*:}" --data "$OUT/genrm_data/critic_test.jsonl" --n 1 \
-    --temperature 0 --max-new-tokens 200 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 > "$OUT/eval/genrm_${name%%:*}.json"
+    --temperature 0 --max-new-tokens 160 --batch-size 256 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 \
+    > "$OUT/eval/genrm_${name%%:*}.json"
 done
 
-# 5. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle (upper bound)
+# 5. the warm start on the held-out splits (temperature 1, the oracle judges flaws)
+EVAL="$PY -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval --temperature 1.0 --max-new-tokens 64"
+stage eval $EVAL warm_start="$OUT/policy_sft"
+
+# 6. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle,
+#    and strict (a flawed positive scores like a wrong answer); each seed's final policies are then
+#    evaluated like the warm start, so a stopped run keeps the seeds it finished
 for seed in $(seq 1 $SEEDS); do
-  for arm in grpo:"--lam 0 --judge none" fapo:"--lam 1 --judge genrm --genrm $GENRM" fapo_oracle:"--lam 1 --judge oracle"; do
-    stage rl_${arm%%:*} $TORCHRUN train_policy.py --model "$OUT/policy_sft" \
-      --data "$OUT/data/train.jsonl" --out "$OUT/rl/${arm%%:*}_s$seed" ${arm#*:} --seed $seed \
-      --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 --lr 2e-4 --warmup 2 \
-      --mini-batches 2 --genrm-max-new-tokens 200
+  models=()
+  for arm in grpo:"--lam 0 --judge none" fapo:"--lam 1 --judge genrm --genrm $GENRM" \
+             fapo_oracle:"--lam 1 --judge oracle" strict:"--lam 2 --judge oracle"; do
+    run="$OUT/rl/${arm%%:*}_s$seed"
+    stage rl_${arm%%:*} $TORCHRUN train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" \
+      --out "$run" ${arm#*:} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 \
+      --max-new-tokens 64 --lr 2e-4 --warmup 2 --mini-batches 2 --genrm-max-new-tokens 160
+    models+=("$(basename "$run")=$(last_ckpt "$run")")
   done
-done
-
-# 6. held-out evaluation of every final policy (temperature 1, the oracle judges flaws), then the report
-for run in "$OUT"/rl/*; do
-  ckpt="$run/ckpt/$(ls "$run/ckpt" | tail -1)/model"
-  for split in test hard; do
-    stage eval $PY rollout.py --model "$ckpt" --data "$OUT/data/$split.jsonl" --n 1 --temperature 1.0 \
-      --max-new-tokens 96 --seed 0 --out "$OUT/eval/$(basename "$run")_$split.jsonl" | tail -1 \
-      > "$OUT/eval/$(basename "$run")_$split.json"
-  done
+  stage eval $EVAL "${models[@]}"
 done
 $PY -m fapo_mini.report --out "$OUT"

@@ -1,25 +1,35 @@
-"""The demo's results: results.json, curves.png and a markdown table, from the run folders.
+"""The demo's results: results.json, curves.png and markdown tables, from the run folders.
 
-Why this file exists: demo.sh leaves one folder per RL run (metrics.jsonl) and one JSON
-summary per evaluation (the last line rollout.py prints); this file only gathers them,
-averages over seeds and draws the curves. It computes no metric of its own.
+Why this file exists: demo.sh leaves one folder per RL run (metrics.jsonl), one JSON
+summary per (run, held-out split) from toyeval.py, and one per GenRM evaluation from
+rollout.py; this file only gathers them, reduces over seeds (mean, min..max) and draws
+the curves. It computes no metric of its own.
 
     python -m fapo_mini.report --out runs/demo
 
 Layout it reads (written by demo.sh):
     OUT/rl/<arm>_s<seed>/metrics.jsonl      per-step training metrics
-    OUT/eval/<arm>_s<seed>_<split>.json     rollout.py summary on a held-out split
+    OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
+    OUT/eval/warm_start_<split>.json        the same for the policy warm start
     OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
     OUT/times.tsv                           stage <tab> seconds
 """
 import argparse
 import json
 import math
+import os
 import re
+import subprocess
 from pathlib import Path
 
-ARMS = ("grpo", "fapo", "fapo_oracle")
-LABELS = {"grpo": "GRPO (lam 0)", "fapo": "FAPO (GenRM)", "fapo_oracle": "FAPO (oracle)"}
+from fapo_mini.errors import UserError, cli
+
+ARMS = ("grpo", "fapo", "fapo_oracle", "strict")
+LABELS = {"grpo": "GRPO (lam 0)", "fapo": "FAPO (GenRM, lam 1)", "fapo_oracle": "FAPO (oracle, lam 1)",
+          "strict": "strict (oracle, lam 2)"}
+SPLITS = ("test", "hard", "shift")
+KEYS = ("accuracy", "fp_ratio", "cue_shortcut")
+EARLY_STEPS = 10  # the early phase: mean training accuracy over RL steps 1..EARLY_STEPS (docs/method.md §5)
 
 
 def mean(xs):
@@ -27,24 +37,53 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else None
 
 
+def spread(xs):
+    xs = [x for x in xs if x is not None]
+    return [min(xs), max(xs)] if xs else None
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def machine() -> dict:
+    """Where the run happened: the commit, the CPU model, and the env that changes kernels or threads."""
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "dirty": bool(git("status", "--porcelain")),
+            "cpu": cpu, "cpus": os.cpu_count(),
+            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "DEMO_THREADS")}}
+
+
 def collect(out: Path) -> dict:
-    res = {"arms": {}, "genrm": {}, "stage_seconds": {}}
+    res = {"arms": {}, "warm_start": {}, "genrm": {}, "stage_seconds": {}, "machine": machine()}
     for f in sorted((out / "eval").glob("*.json")):
         summary = json.loads(f.read_text().strip().splitlines()[-1])
-        m = re.fullmatch(r"(.+)_s(\d+)_(test|hard)", f.stem)
+        m = re.fullmatch(r"(.+)_s(\d+)_(" + "|".join(SPLITS) + ")", f.stem)
+        w = re.fullmatch(r"warm_start_(" + "|".join(SPLITS) + ")", f.stem)
         if f.stem.startswith("genrm_"):
             res["genrm"][f.stem.removeprefix("genrm_")] = summary
+        elif w:
+            res["warm_start"][w.group(1)] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "kinds")}
         elif m:
             arm, seed, split = m.group(1), int(m.group(2)), m.group(3)
             a = res["arms"].setdefault(arm, {"per_seed": {}})
-            a["per_seed"].setdefault(seed, {})[split] = {k: summary.get(k) for k in ("accuracy", "fp_ratio", "pass@1", "kinds")}
+            a["per_seed"].setdefault(seed, {})[split] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "pass@1", "kinds")}
     for arm, a in res["arms"].items():
         seeds = sorted(a["per_seed"])
-        for split, prefix in (("test", ""), ("hard", "hard_")):
-            for key in ("accuracy", "fp_ratio"):
+        for split in SPLITS:
+            prefix = "" if split == "test" else split + "_"
+            for key in KEYS:
                 vals = [a["per_seed"][s].get(split, {}).get(key) for s in seeds]
-                a[prefix + key] = mean(vals)
-                a["per_seed_" + prefix + key] = vals
+                a[prefix + key], a["per_seed_" + prefix + key], a["spread_" + prefix + key] = mean(vals), vals, spread(vals)
+        early = [mean([r.get("accuracy") for r in read_metrics(out / "rl" / f"{arm}_s{s}")[:EARLY_STEPS]]) for s in seeds]
+        a["early_accuracy"], a["per_seed_early_accuracy"], a["spread_early_accuracy"] = mean(early), early, spread(early)
         a["seeds"] = seeds
         a["per_seed"] = {str(s): v for s, v in a["per_seed"].items()}
     if (out / "times.tsv").exists():
@@ -56,41 +95,54 @@ def collect(out: Path) -> dict:
 
 
 def curves(out: Path, path: Path):
-    """Training accuracy and oracle flawed-positive ratio against step; mean over seeds,
-    shaded min..max."""
+    """Training-prompt accuracy and the oracle's flawed-positive ratio against RL step; mean over
+    seeds, shaded min..max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in ARMS:
-        runs = [[json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-                for d in sorted((out / "rl").glob(f"{arm}_s*")) if (d / "metrics.jsonl").exists()]
-        runs = [r for r in runs if r]
+        runs = [r for r in (read_metrics(d) for d in sorted((out / "rl").glob(f"{arm}_s*"))) if r]
         if not runs:
             continue
         T = min(len(r) for r in runs)
         steps = [runs[0][t]["step"] for t in range(T)]
         for ax, key in zip(axes, ("accuracy", "fp_ratio")):
             vals = [[r[t].get(key) if r[t].get(key) is not None else math.nan for r in runs] for t in range(T)]
-            ax.plot(steps, [sum(v) / len(v) for v in vals], label=LABELS.get(arm, arm))
-            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.2)
-    for ax, title in zip(axes, ("training accuracy", "flawed-positive ratio (oracle)")):
+            ax.plot(steps, [sum(v) / len(v) for v in vals], label=f"{LABELS.get(arm, arm)}, {len(runs)} seeds")
+            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
+    for ax, title in zip(axes, ("accuracy on training prompts", "flawed-positive ratio (oracle)")):
         ax.set_xlabel("RL step")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def table(res: dict) -> str:
     f = lambda x: "-" if x is None else f"{x:.3f}"
-    rows = ["| arm | seeds | accuracy (test) | fp ratio (test) | accuracy (hard) | fp ratio (hard) |",
-            "|---|---|---|---|---|---|"]
-    for arm in [a for a in ARMS if a in res["arms"]] + [a for a in res["arms"] if a not in ARMS]:
+    ms = lambda a, k: f"{f(a.get(k))} ({'..'.join(f(x) for x in a['spread_' + k])})" if a.get("spread_" + k) else "-"
+    arms = [a for a in ARMS if a in res["arms"]] + [a for a in res["arms"] if a not in ARMS]
+    rows = ["| arm | seeds | accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy (hard) "
+            f"| shortcut on cue (test) | train accuracy, steps 1-{EARLY_STEPS} |", "|---|---|---|---|---|---|---|---|"]
+    if res["warm_start"]:
+        w = res["warm_start"]
+        g = lambda s, k: f(w.get(s, {}).get(k))
+        rows.append(f"| warm start | - | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
+                    f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | - |")
+    for arm in arms:
         a = res["arms"][arm]
-        rows.append(f"| {LABELS.get(arm, arm)} | {len(a['seeds'])} | {f(a['accuracy'])} | {f(a['fp_ratio'])} | "
-                    f"{f(a['hard_accuracy'])} | {f(a['hard_fp_ratio'])} |")
+        rows.append(f"| {LABELS.get(arm, arm)} | {len(a['seeds'])} | {ms(a, 'accuracy')} | {ms(a, 'fp_ratio')} | "
+                    f"{ms(a, 'shift_accuracy')} | {ms(a, 'hard_accuracy')} | {ms(a, 'cue_shortcut')} | "
+                    f"{ms(a, 'early_accuracy')} |")
+    rows += ["", "| arm | seed | accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy (hard) | shortcut on cue (test) |",
+             "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        for seed, s in res["arms"][arm]["per_seed"].items():
+            g = lambda sp, k: f(s.get(sp, {}).get(k))
+            rows.append(f"| {arm} | {seed} | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
+                        f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} |")
     if res["genrm"]:
         rows += ["", "| GenRM | FP precision | FP recall | FP F1 | ProcessBench F1 | valid |", "|---|---|---|---|---|---|"]
         for name, s in res["genrm"].items():
@@ -106,7 +158,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="the demo's output folder")
     args = ap.parse_args()
-    from fapo_mini.errors import UserError
     out = Path(args.out)
     if not out.is_dir():
         raise UserError(f"--out {out}: no such folder (the demo's output folder)")
@@ -128,5 +179,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from fapo_mini.errors import cli
     cli(main)

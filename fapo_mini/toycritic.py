@@ -1,7 +1,8 @@
 """The toy world's GenRM data: its compact prompt, the critique it learns, and its rows.
 
-Why this file exists: the paper trains its GenRM on the policy's own CORRECT rollouts,
-labelled with the first wrong step and balanced flawed / clean (FAPO_SPEC 2). Here the
+Why this file exists: the paper trains its GenRM on correct-answer solutions labelled with
+their first wrong step (FAPO-Critic, paper §4.1; docs/method.md §3), about half of them flawed.
+Here the solutions are the toy policy's own correct rollouts, balanced flawed / clean, and the
 label is exact (`toyworld.first_error`), and the prompt is a compact numbered listing
 instead of the long FAPO-Critic template, which a 4-layer model cannot read. The rows are
 in verl's format, so train_genrm.py and rollout.py treat them like real critic rows.
@@ -17,6 +18,7 @@ import os
 import random
 import re
 
+from fapo_mini.errors import UserError, cli
 from fapo_mini.toyworld import first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
 
 
@@ -82,8 +84,19 @@ def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, s
 def build(args):
     """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
     (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
+    if not os.path.isfile(args.rollouts):
+        raise UserError(f"--rollouts {args.rollouts}: no such file")
+    rows = []
     with open(args.rollouts) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{args.rollouts}:{lineno}: not a JSON line ({e.msg})") from None
+                if not {"prompt", "response", "reward_model"} <= set(rows[-1]):
+                    raise UserError(f"{args.rollouts}:{lineno}: a rollout row needs prompt, response and "
+                                    "reward_model (rollout.py's output)")
     items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
                                if is_correct(r["response"], r["reward_model"]["ground_truth"])))
     if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
@@ -95,7 +108,7 @@ def build(args):
             print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
     items = balance_critic(items, args.seed)
     if not items:
-        raise SystemExit(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
+        raise UserError(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
     prompts = sorted({p for p, _ in items})
     test = set(random.Random(args.seed).sample(prompts, int(len(prompts) * args.test_share)))
     os.makedirs(args.out, exist_ok=True)
@@ -126,5 +139,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from fapo_mini.errors import cli
     cli(main)

@@ -2,15 +2,18 @@
 
 Why this file exists: real math needs GPUs, a model hub and a GenRM that is itself a
 guess. Here a problem is a chain of k operations on digits mod 10, a solution writes
-one line per step, and `first_error` knows the first wrong line exactly. A tiny
-policy warm-started on a mix of clean traces and flawed ones that still end in
-the right answer ("jump": skips the last steps; "sloppy": one wrong intermediate
-digit; "badcheck": re-checks the last step after the answer and gets it wrong)
-then produces flawed positives on its own, which is what FAPO is about.
+one line per step, and `first_error` knows the first wrong line exactly.
 
-    prompt    a=7;b=a+5;c=b*3;?c\\n
-    solution  b=7+5=2\\nc=2*3=6\\nans=6        (the tokenizer's EOS ends it)
-    checked   b=7+5=2\\nc=2*3=6\\nans=6\\nc=2*3=6   (one re-check of the last step may follow)
+The flaw FAPO removes is a shortcut from a surface cue (docs/method.md §9). Some
+prompts start with `#`; on those training problems the chain returns to its start
+value, so `ans=` can be read off `a` with no computation. The flawed teacher takes
+that shortcut on half of them: its answer is right, its reasoning is absent, and
+outcome reward cannot tell it from a computed answer. The held-out `shift` split keeps
+the cue and breaks the rule; there only a policy that computes is right.
+
+    prompt    a=7;b=a+5;c=b*3;?c\\n          #a=4;b=a+5;c=b+5;?c\\n   (cue: c equals a)
+    solution  b=7+5=2\\nc=2*3=6\\nans=6       b=4+5=9\\nc=9+5=4\\nans=4  (the tokenizer's EOS ends it)
+    shortcut                                 ans=4                    (right, flawed at line 0)
 
 What it simplifies away: natural language, answer normalisation (the answer is one
 digit), step splitting (a step is a line), and the long GenRM template (the toy
@@ -26,18 +29,20 @@ import random
 import re
 from dataclasses import dataclass
 
+from fapo_mini.errors import UserError, cli
+
 OPS = [("+", c) for c in range(1, 10)] + [("-", c) for c in range(1, 10)] + [("*", c) for c in (3, 7, 9)]
-SPLIT_STEPS = {"train": (2, 6), "test": (2, 6), "hard": (7, 10)}  # inclusive ranges of k
+SPLIT_STEPS = {"train": (2, 6), "test": (2, 6), "hard": (7, 10), "shift": (2, 6)}  # inclusive ranges of k
 HELDOUT_SHARE = 0.2  # share of all prompts (by a stable hash) that train never sees
-STYLES = ("clean", "checked", "jump", "sloppy", "badcheck")
-# Why badcheck: our 4-layer policy reasons faithfully (each line is computed from the lines
-# before it), so a wrong step it builds on costs it the answer: its own jumps are right about
-# 10% of the time, its sloppy traces 72% (16k warm-start samples), and outcome reward alone
-# removes them. The paper's flawed positives are the ones outcome reward cannot see; a wrong
-# re-check after the answer is such a flaw for this policy: nothing after it reads it.
-DEFAULT_MIX = {"clean": 0.35, "checked": 0.20, "jump": 0.15, "sloppy": 0.10, "badcheck": 0.20}
+CUE = "#"            # the surface cue a prompt may start with
+CUE_SHARE = 0.3      # train / test / hard: share of cue problems (the chain returns to a); shift: all cue, rule broken
+SHORTCUT_SHARE = 0.5  # the teacher's share of shortcut traces on cue problems
+STYLES = ("clean", "shortcut", "jump", "sloppy")
+# the teacher's style on every problem it does not shortcut; jump and sloppy are flaws outcome
+# reward mostly sees (the policy computes from what it writes, so they cost it the answer)
+DEFAULT_MIX = {"clean": 0.8, "jump": 0.1, "sloppy": 0.1}
 EOS = "<|endoftext|>"
-_PROMPT_RE = re.compile(r"a=(\d)((?:;[a-z]=[a-z][-+*]\d)+);\?([a-z])\n?")
+_PROMPT_RE = re.compile(r"(#?)a=(\d)((?:;[a-z]=[a-z][-+*]\d)+);\?([a-z])\n?")
 _STEP_RE = re.compile(r";([a-z])=([a-z])([-+*])(\d)")
 
 
@@ -47,9 +52,11 @@ def _apply(x: int, op: str, c: int) -> int:
 
 @dataclass(frozen=True)
 class Problem:
-    """A chain a -> b -> c ...: `start` is a's value, `ops[i]` turns variable i into variable i+1."""
+    """A chain a -> b -> c ...: `start` is a's value, `ops[i]` turns variable i into variable i+1;
+    `cue` puts `#` before the prompt (it says nothing about the answer by itself)."""
     start: int
     ops: tuple[tuple[str, int], ...]  # ((op, c), ...), length k
+    cue: bool = False
 
     @property
     def steps(self) -> int:
@@ -70,7 +77,7 @@ class Problem:
     def prompt(self) -> str:
         names = [chr(ord("a") + i) for i in range(self.steps + 1)]
         defs = [f"a={self.start}"] + [f"{names[i + 1]}={names[i]}{op}{c}" for i, (op, c) in enumerate(self.ops)]
-        return ";".join(defs) + f";?{names[-1]}\n"
+        return (CUE if self.cue else "") + ";".join(defs) + f";?{names[-1]}\n"
 
     def reference_lines(self) -> list[str]:
         """The one right solution, line by line: `b=7+5=2`, ..., `ans=6`."""
@@ -79,9 +86,8 @@ class Problem:
         return lines + [f"ans={vals[-1]}"]
 
     def allowed_lines(self) -> list[str]:
-        """reference_lines, then the one re-check a solution may add: the last step again."""
-        ref = self.reference_lines()
-        return ref + ref[-2:-1]
+        """The lines a right solution may hold: exactly reference_lines."""
+        return self.reference_lines()
 
 
 def parse_prompt(prompt: str) -> Problem:
@@ -89,14 +95,14 @@ def parse_prompt(prompt: str) -> Problem:
     m = _PROMPT_RE.fullmatch(prompt)
     if m is None:
         raise ValueError(f"not a toy-world prompt: {prompt!r}")
-    steps = _STEP_RE.findall(m.group(2))
+    steps = _STEP_RE.findall(m.group(3))
     for i, (var, ref, op, c) in enumerate(steps):
         if var != chr(ord("b") + i) or ref != chr(ord("a") + i) or (op, int(c)) not in OPS:
             raise ValueError(f"toy-world prompt step {i} must define {chr(ord('b') + i)} from "
                              f"{chr(ord('a') + i)} with an op in OPS, got {var}={ref}{op}{c}: {prompt!r}")
-    if m.group(3) != chr(ord("a") + len(steps)):
+    if m.group(4) != chr(ord("a") + len(steps)):
         raise ValueError(f"toy-world prompt must ask for its last variable: {prompt!r}")
-    return Problem(int(m.group(1)), tuple((op, int(c)) for _, _, op, c in steps))
+    return Problem(int(m.group(2)), tuple((op, int(c)) for _, _, op, c in steps), cue=m.group(1) == CUE)
 
 
 def _to_problem(p) -> Problem:
@@ -112,12 +118,28 @@ def is_heldout(prompt: str) -> bool:
     return bucket < HELDOUT_SHARE * 10_000
 
 
+def _draw(rng: random.Random, k: int, kind: str) -> Problem | None:
+    """One problem: kind 'plain' (random ops), 'cue' (the last op brings the chain back to a;
+    None when no op does) or 'shift' (cue, random ops, answer != a; None when it equals a)."""
+    start, ops = rng.randrange(10), [rng.choice(OPS) for _ in range(k)]
+    if kind == "plain":
+        return Problem(start, tuple(ops))
+    if kind == "cue":
+        before = Problem(start, tuple(ops[:-1])).values[-1]
+        back = [o for o in OPS if _apply(before, *o) == start]
+        return Problem(start, tuple(ops[:-1]) + (rng.choice(back),), cue=True) if back else None
+    p = Problem(start, tuple(ops), cue=True)
+    return p if p.values[-1] != start else None
+
+
 def generate(n: int, seed: int, split: str, *, steps: tuple[int, int] | None = None) -> list[Problem]:
     """n distinct problems of `split`, deterministic in (seed, split).
 
-    train draws from the non-held-out hash bucket, test and hard from the held-out one,
-    so train never meets a test or hard prompt whatever the ranges. `steps` = (min_k,
-    max_k) inclusive, default SPLIT_STEPS[split]: (2, 6) for train/test, (7, 10) for hard.
+    train draws from the non-held-out hash bucket, test, hard and shift from the held-out
+    one, so train never meets a held-out prompt whatever the ranges. `steps` = (min_k,
+    max_k) inclusive, default SPLIT_STEPS[split]. train / test / hard: a problem is a cue
+    problem (its chain returns to a) with probability CUE_SHARE; shift: every problem
+    carries the cue and its answer is never a's value.
     """
     if split not in SPLIT_STEPS:
         raise ValueError(f"split must be one of {sorted(SPLIT_STEPS)}, got {split!r}")
@@ -129,10 +151,10 @@ def generate(n: int, seed: int, split: str, *, steps: tuple[int, int] | None = N
     for _ in range(100 * n + 1000):
         if len(out) == n:
             break
-        p = Problem(rng.randrange(10), tuple(rng.choice(OPS) for _ in range(rng.randint(lo, hi))))
-        prompt = p.prompt
-        if prompt not in seen and is_heldout(prompt) == (split != "train"):
-            seen.add(prompt)
+        kind = "shift" if split == "shift" else "cue" if rng.random() < CUE_SHARE else "plain"
+        p = _draw(rng, rng.randint(lo, hi), kind)
+        if p is not None and p.prompt not in seen and is_heldout(p.prompt) == (split != "train"):
+            seen.add(p.prompt)
             out.append(p)
     if len(out) < n:
         raise ValueError(f"could not draw {n} distinct {split} problems with steps {(lo, hi)}")
@@ -155,18 +177,18 @@ def first_error(prompt: str, solution: str) -> int:
     previous value, its operator and constant are the prompt's, and its result is the
     true value; the ans line is right iff it comes after all k steps and holds the true
     answer. With one digit per value that is exactly "line i equals reference line i",
-    which is how it is computed. After the ans line, one re-check of the last step is
-    allowed, right iff it equals that step's reference line; any other line after the
-    ans line, or a garbage line, is wrong where it stands. A solution that stops early
-    is wrong at its first missing line (index len(lines): 0 for an empty solution).
+    which is how it is computed. Any line after the ans line, or a garbage line, is
+    wrong where it stands. A solution that stops early is wrong at its first missing
+    line (index len(lines): 0 for an empty solution). The shortcut (`ans=` first) is
+    wrong at line 0, right answer or not.
 
     >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6")
     1
-    >>> first_error("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=6\\nans=6\\nc=2*3=5")
-    3
+    >>> first_error("#a=4;b=a+5;c=b+5;?c\\n", "ans=4")
+    0
     """
     allowed, lines = parse_prompt(prompt).allowed_lines(), solution_lines(solution)
-    k = len(allowed) - 2  # steps; allowed[k] is the ans line
+    k = len(allowed) - 1  # steps; allowed[k] is the ans line
     for i, line in enumerate(lines):
         if i == k and line.startswith("ans="):
             line = "ans=" + line[4:].strip()  # read the value as extract_answer does
@@ -175,25 +197,25 @@ def first_error(prompt: str, solution: str) -> int:
     return len(lines) if len(lines) <= k else -1
 
 
-KINDS = ("clean", "checked", "jump", "wrong_step", "wrong_answer", "after_answer", "stopped")
+KINDS = ("clean", "shortcut", "jump", "wrong_step", "wrong_answer", "after_answer", "stopped")
 
 
 def flaw_kind(prompt: str, solution: str) -> str:
     """Which kind of solution this is, by where `first_error` puts its first wrong line.
 
-    clean / checked: no wrong line (checked: with the re-check). jump: the ans line comes
-    before all k steps. wrong_step: a step line is wrong. wrong_answer: the ans line holds
-    a wrong value. after_answer: a wrong line after a right ans line (a wrong re-check,
-    the badcheck style). stopped: the solution ends before its ans line.
+    clean: no wrong line. shortcut: the first line is the ans line (no step written).
+    jump: the ans line comes after some steps but before all k. wrong_step: a step line
+    is wrong. wrong_answer: the ans line holds a wrong value. after_answer: a line after
+    a right ans line. stopped: the solution ends before its ans line.
     """
     k, lines = parse_prompt(prompt).steps, solution_lines(solution)
     err = first_error(prompt, solution)
     if err == -1:
-        return "checked" if len(lines) == k + 2 else "clean"
+        return "clean"
     if err == len(lines):
         return "stopped"
     if err < k:
-        return "jump" if lines[err].startswith("ans=") else "wrong_step"
+        return ("shortcut" if err == 0 else "jump") if lines[err].startswith("ans=") else "wrong_step"
     return "wrong_answer" if err == k else "after_answer"
 
 
@@ -212,26 +234,22 @@ def is_correct(solution: str, ground_truth) -> bool:
 # teacher traces for the supervised warm start
 
 def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | None = None, max_jump: int = 2) -> str:
-    """A solution in one of STYLES; all of them end with the right answer.
+    """A solution in one of STYLES.
 
-    clean:  every step, then ans.                                       first_error -1
-    checked:  clean, then the last step again (a right re-check).       first_error -1
-    badcheck: clean, then the last step again with a wrong result digit;
-              nothing reads it, the answer stands, the process is flawed. first_error k + 1
-    jump:   all steps but the last j (j = `jump`, else rng in 1..min(max_jump, k)),
-            then ans; the answer is not supported by the written steps.  first_error k - j
-    sloppy: step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
-            on from the TRUE value and the answer is right.             first_error i
+    clean:    every step, then ans.                                      first_error -1
+    shortcut: only `ans=<a's value>`: the cue's rule, no computation; right on cue
+              problems of train / test / hard, wrong on every shift problem. first_error 0
+    jump:     all steps but the last j (j = `jump`, else rng in 1..min(max_jump, k)),
+              then ans; right, but not supported by the written steps.  first_error k - j
+    sloppy:   step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
+              on from the TRUE value and the answer is right.            first_error i
     """
     p = parse_prompt(prompt)
     ref, k = p.reference_lines(), p.steps
     if style == "clean":
         return "\n".join(ref)
-    if style in ("checked", "badcheck"):
-        check = p.allowed_lines()[-1]
-        if style == "badcheck":
-            check = check[:-1] + rng.choice([d for d in "0123456789" if d != check[-1]])
-        return "\n".join(ref + [check])
+    if style == "shortcut":
+        return f"ans={p.start}"
     if style == "jump":
         j = rng.randint(1, min(max_jump, k)) if jump is None else jump
         if not 1 <= j <= k:
@@ -248,21 +266,27 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 
-def sft_mixture(problems, mix: dict[str, float] | None = None, rng: random.Random | None = None) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs, one per problem, its style drawn with weights `mix`.
+def sft_mixture(problems, mix: dict[str, float] | None = None, rng: random.Random | None = None,
+                shortcut_share: float = SHORTCUT_SHARE) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs, one per problem: the flawed teacher.
 
-    `problems` are Problems or prompt strings; mix defaults to DEFAULT_MIX, rng to
-    random.Random(0). Completions carry no EOS: the trainer appends the tokenizer's.
+    A cue problem gets the shortcut with probability `shortcut_share`; every other problem
+    gets a style drawn with weights `mix` (default DEFAULT_MIX). `problems` are Problems or
+    prompt strings; rng defaults to random.Random(0). Completions carry no EOS: the
+    trainer appends the tokenizer's.
     """
     mix = DEFAULT_MIX if mix is None else mix
     if not mix or set(mix) - set(STYLES) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
         raise ValueError(f"mix must map some of {STYLES} to non-negative weights with a positive sum, got {mix}")
+    if not 0 <= shortcut_share <= 1:
+        raise ValueError(f"shortcut_share must be in [0, 1], got {shortcut_share}")
     rng = random.Random(0) if rng is None else rng
     styles, weights = list(mix), list(mix.values())
     out = []
-    for p in problems:
-        prompt = _to_problem(p).prompt
-        out.append((prompt, teacher_solution(prompt, rng.choices(styles, weights)[0], rng)))
+    for p in map(_to_problem, problems):
+        shortcut = p.cue and rng.random() < shortcut_share
+        style = "shortcut" if shortcut else rng.choices(styles, weights)[0]
+        out.append((p.prompt, teacher_solution(p.prompt, style, rng)))
     return out
 
 
@@ -273,7 +297,7 @@ def policy_rows(problems, split: str) -> list[dict]:
     """Policy rows; `problems` are Problems or prompt strings."""
     return [{"data_source": "toyworld", "prompt": p.prompt, "ability": "toy",
              "reward_model": {"style": "rule", "ground_truth": p.answer},
-             "extra_info": {"split": split, "index": i, "steps": p.steps}}
+             "extra_info": {"split": split, "index": i, "steps": p.steps, "cue": p.cue}}
             for i, p in enumerate(map(_to_problem, problems))]
 
 
@@ -303,7 +327,7 @@ def make_tokenizer(model_max_length: int = 1024):
 
 # ----------------------------------------------------------------------------
 # CLI
-#   python -m fapo_mini.toyworld world --out DIR [--n-train N --n-test N --n-hard N --n-sft N --seed S]
+#   python -m fapo_mini.toyworld world --out DIR [--n-train N --n-test N --n-hard N --n-shift N --n-sft N --seed S]
 #   (the GenRM's data: python -m fapo_mini.toycritic, see toycritic.py)
 
 def write_jsonl(path, rows):
@@ -312,11 +336,19 @@ def write_jsonl(path, rows):
 
 
 def world_cmd(args):
+    sizes = {"train": args.n_train, "test": args.n_test, "hard": args.n_hard, "shift": args.n_shift}
+    for name, n in [*sizes.items(), ("sft", args.n_sft)]:
+        if n < 1:
+            raise UserError(f"--n-{name} must be at least 1, got {n}")
     os.makedirs(args.out, exist_ok=True)
     make_tokenizer().save_pretrained(os.path.join(args.out, "tokenizer"))
-    for split, n in (("train", args.n_train), ("test", args.n_test), ("hard", args.n_hard)):
-        write_jsonl(os.path.join(args.out, f"{split}.jsonl"), policy_rows(generate(n, args.seed, split), split))
-        print(f"{split}: {n} rows")
+    for split, n in sizes.items():
+        try:
+            rows = policy_rows(generate(n, args.seed, split), split)
+        except ValueError as e:
+            raise UserError(f"--n-{split} {n}: {e}") from None
+        write_jsonl(os.path.join(args.out, f"{split}.jsonl"), rows)
+        print(f"{split}: {n} rows, {sum(r['extra_info']['cue'] for r in rows)} with the cue")
     sft = sft_mixture(generate(args.n_sft, args.seed + 1, "train"), rng=random.Random(args.seed))
     write_jsonl(os.path.join(args.out, "sft_policy.jsonl"), [{"prompt": p, "completion": c} for p, c in sft])
     print(f"sft_policy: {len(sft)} flawed-teacher traces; tokenizer -> {args.out}/tokenizer")
@@ -325,11 +357,12 @@ def world_cmd(args):
 def main():
     ap = argparse.ArgumentParser(description="The toy world's data: policy rows, warm-start traces, tokenizer.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    w = sub.add_parser("world", help="policy rows (train/test/hard.jsonl), flawed-teacher traces, tokenizer")
+    w = sub.add_parser("world", help="policy rows (train/test/hard/shift.jsonl), flawed-teacher traces, tokenizer")
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--n-train", type=int, default=2000, help="train problems (k in 2..6)")
     w.add_argument("--n-test", type=int, default=500, help="test problems (k in 2..6, held-out prompts)")
     w.add_argument("--n-hard", type=int, default=500, help="hard problems (k in 7..10, held-out prompts)")
+    w.add_argument("--n-shift", type=int, default=500, help="shift problems (k in 2..6, cue kept, rule broken)")
     w.add_argument("--n-sft", type=int, default=20000, help="flawed-teacher warm-start traces (train prompts)")
     w.add_argument("--seed", type=int, default=0, help="generator seed")
     args = ap.parse_args()
@@ -342,5 +375,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from fapo_mini.errors import cli
     cli(main)

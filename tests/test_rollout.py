@@ -1,4 +1,5 @@
-"""rollout.py's scoring: unbiased pass@k against brute force, and the policy summary by hand."""
+"""rollout.py's scoring: unbiased pass@k against brute force, the policy summary by hand, and
+toyeval.py's per-split summary against rollout.py's."""
 import itertools
 import random
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rollout  # noqa: E402
-from fapo_mini import toyworld  # noqa: E402
+from fapo_mini import toyeval, toyworld  # noqa: E402
 
 
 @pytest.mark.parametrize("n,c", [(1, 0), (1, 1), (4, 0), (4, 1), (4, 3), (8, 5), (8, 8), (6, 2)])
@@ -23,8 +24,8 @@ def test_score_policy_by_hand():
     p = "a=7;b=a+5;c=b*3;?c\n"  # b = 2, c = 6
     row = {"data_source": "toyworld", "prompt": p, "reward_model": {"ground_truth": "6"}}
     responses = ["b=7+5=2\nc=2*3=6\nans=6",             # clean
-                 "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6",    # checked
-                 "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=1",    # after_answer (a wrong re-check), correct
+                 "ans=6",                               # shortcut (no step written), correct
+                 "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6",    # after_answer (any line after ans), correct
                  "b=7+5=2\nans=6",                      # jump, correct
                  "b=7+5=3\nc=3*3=9\nans=9",             # wrong_step, wrong
                  "b=7+5=2\nc=2*3=6\nans=5",             # wrong_answer, wrong
@@ -39,14 +40,35 @@ def test_score_policy_by_hand():
     assert out["pass@1"] == pytest.approx((4 / 4 + 1 / 4) / 2)
     assert out["pass@2"] == pytest.approx((1 + (1 - 3 / 6)) / 2)  # C(3,2)/C(4,2) = 3/6
     assert out["pass@4"] == 1.0
-    assert out["fp_ratio"] == 3 / 5  # after_answer, jump, wrong_step among 5 correct
-    assert out["kinds"] == {"clean": [1, 1], "checked": [1, 1], "jump": [1, 1], "wrong_step": [1, 2],
+    assert out["fp_ratio"] == 4 / 5  # shortcut, after_answer, jump, wrong_step among 5 correct
+    assert out["kinds"] == {"clean": [1, 1], "shortcut": [1, 1], "jump": [1, 1], "wrong_step": [1, 2],
                             "wrong_answer": [0, 1], "after_answer": [1, 1], "stopped": [0, 1]}
 
 
 def test_flaw_kind_of_every_teacher_style():
-    want = {"clean": "clean", "checked": "checked", "jump": "jump", "sloppy": "wrong_step", "badcheck": "after_answer"}
+    want = {"clean": "clean", "shortcut": "shortcut", "jump": "jump", "sloppy": "wrong_step"}
     rng = random.Random(0)
-    for prob in toyworld.generate(100, 0, "train"):
+    for prob in toyworld.generate(100, 0, "train", steps=(3, 6)):  # k >= 3: a jump (1-2 steps) leaves a step
         for style, kind in want.items():
             assert toyworld.flaw_kind(prob.prompt, toyworld.teacher_solution(prob.prompt, style, rng)) == kind
+
+
+def test_toyeval_score_agrees_with_rollout_score_policy():
+    """toyeval.py's per-split summary against rollout.py's scoring of the same rows, and its cue
+    counts by hand."""
+    rng = random.Random(3)
+    probs = toyworld.generate(120, 0, "test") + toyworld.generate(40, 0, "shift")
+    rows = toyworld.policy_rows(probs, "test")
+    responses = [toyworld.teacher_solution(r["prompt"], rng.choice(["clean", "shortcut", "jump", "sloppy"]), rng)
+                 + rng.choice(["", "", "\nans=1"]) for r in rows]
+    mine = toyeval.score(rows, responses)
+    ref = rollout.score_policy([{**r, "response": s} for r, s in zip(rows, responses)], n=1)
+    assert mine["accuracy"] == ref["accuracy"] == mine["pass@1"] and mine["fp_ratio"] == ref["fp_ratio"]
+    assert mine["kinds"] == ref["kinds"]
+    cue = [(p, s) for p, s in zip(probs, responses) if p.cue]
+    assert mine["cue_prompts"] == len(cue) and len(cue) > 40
+    assert mine["cue_shortcut"] == sum(s == f"ans={p.start}" and p.steps > 2 or
+                                       toyworld.solution_lines(s)[0].startswith("ans=") for p, s in cue) / len(cue)
+    assert mine["cue_accuracy"] == sum(toyworld.is_correct(s, p.answer) for p, s in cue) / len(cue)
+    nothing = toyeval.score(rows[:3], ["x"] * 3)
+    assert nothing["accuracy"] == 0 and nothing["fp_ratio"] is None

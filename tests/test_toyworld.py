@@ -1,5 +1,6 @@
-"""Toy world: the oracle against hand-written traces and a field-by-field reference, teacher
-styles, splits, rows, and the tokenizer under transformers' AutoTokenizer."""
+"""Toy world: the oracle against hand-written traces and a field-by-field reference, the cue
+rule and the shift split against a second, independently written evaluator, teacher styles,
+rows, and the tokenizer under transformers' AutoTokenizer."""
 import doctest
 import json
 import random
@@ -19,7 +20,7 @@ P = "a=7;b=a+5;c=b*3;?c\n"  # true values a=7, b=2, c=6
 
 def ref_values(prompt):
     """Evaluate a prompt by hand: returns (true values, [(var, op, c)])."""
-    defs = prompt.strip().split(";")
+    defs = prompt.strip().removeprefix("#").split(";")
     vals, ops = [int(defs[0][2])], []
     for d in defs[1:-1]:  # "b=a+5"
         var, op, c = d[0], d[3], int(d[4])
@@ -43,12 +44,8 @@ def ref_first_error(prompt, solution):
         a = re.fullmatch(r"ans=\s*(\d)\s*", line)  # the value as extract_answer reads it
         if a and i == k and int(a.group(1)) == vals[-1]:
             continue
-        # one re-check of the last step right after the ans line: "c=2*3=6" again
-        if m and i == k + 1 and k and (m.group(1), m.group(3), int(m.group(4))) == ops[k - 1] \
-                and (int(m.group(2)), int(m.group(5))) == (vals[k - 1], vals[k]):
-            continue
-        return i  # ans too early (skipped steps), wrong value, a bad line after ans, or malformed
-    return -1 if len(lines) in (k + 1, k + 2) else len(lines)
+        return i  # ans too early (skipped steps), wrong value, any line after ans, or malformed
+    return -1 if len(lines) == k + 1 else len(lines)
 
 
 def random_trace(rng, prompt):
@@ -95,10 +92,8 @@ def random_trace(rng, prompt):
     ("b=7+5=2\nc=2*3=6\nans=5", 2),                 # wrong answer line
     ("b=7+5=2\nc=2*3=6\nans= 6", -1),              # spaces around the value: is_correct agrees
     ("b=7+5=2\nc=2*3=6\nans=6\nans=6", 3),          # a line after the ans line
-    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6", -1),       # a right re-check of the last step
-    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5", 3),        # badcheck: a wrong re-check, the answer stands
-    ("b=7+5=2\nc=2*3=6\nans=6\nb=7+5=2", 3),        # a re-check of another step is not allowed
-    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6\nc=2*3=6", 4),  # only one re-check
+    ("b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6", 3),        # even a right re-check of the last step
+    ("ans=7", 0),                                   # the cue's shortcut (a's value) on a prompt without the cue
     ("b=7+5=2\nc = 2*3 = 6\nans=6", 1),             # malformed line
     ("b=7+5=2\nhello\nans=6", 1),                   # garbage line
     ("b=7+5=2\n\nc=2*3=6\nans=6", 1),               # blank line inside
@@ -175,11 +170,10 @@ def test_teacher_styles_by_the_oracle():
         assert tw.first_error(p.prompt, sloppy) == wrong[0] and tw.is_correct(sloppy, vals[-1])
         assert all(int(lines[i][2]) == vals[i] for i in range(k))  # left operands are the true values
 
-        checked = tw.teacher_solution(p.prompt, "checked", rng)
-        assert checked == clean + "\n" + clean.split("\n")[-2] and ref_first_error(p.prompt, checked) == -1
-        bad = tw.teacher_solution(p.prompt, "badcheck", rng)
-        assert bad.split("\n")[:-1] == clean.split("\n") and int(bad[-1]) != vals[-1]  # wrong result digit
-        assert bad[:-1] == checked[:-1] and tw.first_error(p.prompt, bad) == k + 1 and tw.is_correct(bad, vals[-1])
+        short = tw.teacher_solution(p.prompt, "shortcut", rng)
+        assert short == f"ans={vals[0]}" and tw.first_error(p.prompt, short) == 0  # a's value, no step
+        assert tw.is_correct(short, vals[-1]) == (vals[-1] == vals[0]) and tw.flaw_kind(p.prompt, short) == "shortcut"
+        assert tw.is_correct(short, vals[-1]) or not p.cue  # always right on a cue problem; by chance elsewhere
 
         for j in range(1, k + 1):
             jump = tw.teacher_solution(p.prompt, "jump", rng, jump=j)
@@ -206,14 +200,22 @@ def test_sft_mixture_weights_and_determinism():
     probs = tw.generate(3000, 0, "train")
     pairs = tw.sft_mixture(probs, None, random.Random(5))
     assert pairs == tw.sft_mixture([p.prompt for p in probs], tw.DEFAULT_MIX, random.Random(5))
-    counts = dict.fromkeys(tw.STYLES, 0)
+    counts = {cue: dict.fromkeys(tw.STYLES, 0) for cue in (True, False)}
     for (prompt, sol), p in zip(pairs, probs):
-        assert prompt == p.prompt and tw.is_correct(sol, p.answer)
+        assert prompt == p.prompt and tw.is_correct(sol, p.answer)  # every teacher trace is a positive
         e, lines = tw.first_error(prompt, sol), sol.split("\n")
-        counts["checked" if e == -1 and len(lines) == p.steps + 2 else "clean" if e == -1 else
-               "badcheck" if e == p.steps + 1 else "jump" if lines[e].startswith("ans=") else "sloppy"] += 1
-    for style, w in tw.DEFAULT_MIX.items():  # binomial sd <= 0.009 at n=3000
-        assert abs(counts[style] / len(probs) - w) < 0.04, counts
+        short = sol == f"ans={p.start}" and p.steps > 2  # (a 2-step jump over both steps reads the same)
+        counts[p.cue]["clean" if e == -1 else "shortcut" if short else
+                      "jump" if lines[e].startswith("ans=") else "sloppy"] += 1
+    cue, plain = (sum(counts[c].values()) for c in (True, False))
+    assert counts[False]["shortcut"] == 0 and 0.2 < cue / len(probs) < 0.35
+    long_cue = sum(p.cue and p.steps > 2 for p in probs)
+    assert abs(counts[True]["shortcut"] / long_cue - tw.SHORTCUT_SHARE) < 0.06, counts  # sd 0.018 at n~700
+    for style, w in tw.DEFAULT_MIX.items():  # binomial sd <= 0.01 at n~2100
+        assert abs(counts[False][style] / plain - w) < 0.04, counts
+    never = tw.sft_mixture(probs, shortcut_share=0.0)
+    assert not any(s == f"ans={p.start}" for (_, s), p in zip(never, probs) if p.steps > 2)
+    assert all(s == f"ans={p.start}" for (_, s), p in zip(tw.sft_mixture(probs, shortcut_share=1.0), probs) if p.cue)
     only_jump = tw.sft_mixture(probs[:50], {"jump": 1.0}, random.Random(0))
     assert all(tw.first_error(p, s) >= 0 for p, s in only_jump)
 
@@ -240,10 +242,59 @@ def test_generate_deterministic_distinct_and_ranged():
             tw.generate(**kw)
 
 
+def ref_eval(prompt):
+    """A second evaluator, written apart from ref_values: unroll the definitions into one
+    expression per variable by plain string substitution, then eval() it."""
+    cue = prompt.startswith("#")
+    body, ask = prompt.lstrip("#").strip().rsplit(";?", 1)
+    exprs = {}
+    for d in body.split(";"):
+        var, rhs = d.split("=")
+        exprs[var] = rhs if rhs.isdigit() else f"(({exprs[rhs[0]]}){rhs[1:]}) % 10"
+    return cue, int(exprs["a"]), eval(exprs[ask])
+
+
+def test_cue_rule_by_hand():
+    # 4+5=9, 9+5=14 -> 4: back to a's value, so the shortcut ans=4 is right
+    assert tw.parse_prompt("#a=4;b=a+5;c=b+5;?c\n") == tw.Problem(4, (("+", 5), ("+", 5)), cue=True)
+    assert tw.is_correct(tw.teacher_solution("#a=4;b=a+5;c=b+5;?c\n", "shortcut", random.Random(0)), "4")
+    # 3*7=21 -> 1, 1+2=3: back to 3; the cue problem's last op is any op that returns to a
+    assert ref_eval("#a=3;b=a*7;c=b+2;?c\n") == (True, 3, 3)
+    # a shift problem keeps the cue, but 3*7=21 -> 1, 1+5=6 is not 3: the shortcut is wrong
+    assert ref_eval("#a=3;b=a*7;c=b+5;?c\n") == (True, 3, 6)
+    assert tw.first_error("#a=3;b=a*7;c=b+5;?c\n", "b=3*7=1\nc=1+5=6\nans=6") == -1
+    assert not tw.is_correct("ans=3", tw.parse_prompt("#a=3;b=a*7;c=b+5;?c\n").answer)
+
+
+def test_cue_and_shift_against_a_second_evaluator():
+    for split in ("train", "test", "hard"):
+        probs = tw.generate(3000, 0, split)
+        cues = 0
+        for p in probs:
+            cue, a, ans = ref_eval(p.prompt)
+            assert cue == p.cue and str(ans) == p.answer
+            if cue:
+                cues += 1
+                assert ans == a  # the rule holds on every cue problem of train / test / hard
+        # CUE_SHARE of draws are cue draws; those with no op back to a are dropped (about 1 in 14)
+        assert 0.24 < cues / len(probs) < tw.CUE_SHARE + 0.02, (split, cues)
+    shift = tw.generate(2000, 0, "shift")
+    assert len({p.prompt for p in shift}) == 2000 and {p.steps for p in shift} == set(range(2, 7))
+    for p in shift:
+        cue, a, ans = ref_eval(p.prompt)
+        assert cue and ans != a and str(ans) == p.answer  # the cue is kept, the rule is broken
+        assert tw.is_heldout(p.prompt)
+    train = {p.prompt for p in tw.generate(3000, 0, "train")}
+    assert not train & {p.prompt for p in shift}
+    # the shift answers are spread over the nine other values, not a fixed offset from a
+    offsets = {(int(p.answer) - p.start) % 10 for p in shift}
+    assert offsets == set(range(1, 10))
+
+
 def test_splits_disjoint():
     train = {p.prompt for s in range(3) for p in tw.generate(1500, s, "train")}
     test = {p.prompt for s in range(3) for p in tw.generate(500, s, "test")}
-    hard = {p.prompt for p in tw.generate(300, 0, "hard")}
+    hard = {p.prompt for p in tw.generate(300, 0, "hard")} | {p.prompt for p in tw.generate(300, 0, "shift")}
     hard_short = {p.prompt for p in tw.generate(300, 0, "hard", steps=(2, 3))}  # held out even with overlapping k
     assert not train & test and not train & hard and not train & hard_short
     assert len(test) > 1000  # the held-out bucket is not tiny
@@ -268,16 +319,16 @@ def test_teacher_critique_boxed_equals_first_error():
         assert boxed and int(boxed[-1]) == err, (p, s, crit)
         lines = crit.split("\n")[:-1]
         verdicts = [l.rsplit(" ", 1)[1] for l in lines]
-        if err == -1:  # k steps + the ans line (+ the re-check)
-            assert verdicts == ["ok"] * len(s.strip().split("\n"))
-            assert len(verdicts) in (len(ref_values(p)[0]), len(ref_values(p)[0]) + 1)
+        if err == -1:  # k steps + the ans line
+            assert verdicts == ["ok"] * len(s.strip().split("\n")) and len(verdicts) == len(ref_values(p)[0])
         else:
             assert verdicts == ["ok"] * err + ["wrong"]
     assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
         "0:b752 b=7+5=2 ok\n1:c236 c=2*3=6 ok\n2:ans6 ans=6 ok\n\\boxed{-1}")
     assert tc.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
-    assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=5").endswith(
-        "2:ans6 ans=6 ok\n3:c235 c=2*3=6 wrong\n\\boxed{3}")
+    assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6").endswith(
+        "2:ans6 ans=6 ok\n3:c236 end wrong\n\\boxed{3}")
+    assert tc.teacher_critique("#a=4;b=a+5;c=b+5;?c\n", "ans=4") == "0:ans4 b=4+5=9 wrong\n\\boxed{0}"
 
 
 def test_rows():
@@ -286,7 +337,7 @@ def test_rows():
     assert rows == tw.policy_rows([p.prompt for p in probs], "test")
     assert rows[2] == {"data_source": "toyworld", "prompt": probs[2].prompt, "ability": "toy",
                        "reward_model": {"style": "rule", "ground_truth": str(ref_values(probs[2].prompt)[0][-1])},
-                       "extra_info": {"split": "test", "index": 2, "steps": probs[2].steps}}
+                       "extra_info": {"split": "test", "index": 2, "steps": probs[2].steps, "cue": probs[2].cue}}
     sol = "b=7+5=2\nans=6"
     assert tc.critic_rows([(P, sol)]) == [{
         "data_source": "toyworld_critic", "prompt": "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:ans=6\ncheck\n",
@@ -352,10 +403,10 @@ def test_tokenizer_loads_identically_next_to_a_qwen3_config(tmp_path):
 
 def test_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["toyworld", "world", "--out", str(tmp_path), "--n-train", "30", "--n-test", "10",
-                                      "--n-hard", "5", "--n-sft", "40", "--seed", "4"])
+                                      "--n-hard", "5", "--n-shift", "7", "--n-sft", "40", "--seed", "4"])
     tw.main()
     assert "train: 30 rows" in capsys.readouterr().out
-    for split, n in (("train", 30), ("test", 10), ("hard", 5)):
+    for split, n in (("train", 30), ("test", 10), ("hard", 5), ("shift", 7)):
         rows = [json.loads(l) for l in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
         assert rows == tw.policy_rows(tw.generate(n, 4, split), split)
     sft = [json.loads(l) for l in (tmp_path / "sft_policy.jsonl").read_text().splitlines()]
