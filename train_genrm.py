@@ -25,7 +25,8 @@ def main():
     ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (docs/method.md §3)")
     args = ap.parse_args()
     fields = ("prompt", "reward_model.ground_truth", "extra_info.total_steps")
-    check_critic_labels(check_run_inputs(args, fields), args.data)   # every row before step 1
+    rows, prompt_ids = check_run_inputs(args, fields)
+    check_critic_labels(rows, args.data)                             # every row before step 1
 
     def reward_fn(rows, samples):
         rewards, valid, exact, decided = [], 0, 0, 0
@@ -42,7 +43,7 @@ def main():
         counts = {"valid": (valid, n), "exact": (exact, n), "decision_acc": (decided, n)}
         return torch.tensor(rewards), counts
 
-    rl.train(args, dist.setup(), reward_fn, fields=fields)
+    rl.train(args, dist.setup(), reward_fn, rows, prompt_ids)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def main():
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
         ap.error("--judge genrm needs --genrm DIR")
-    rows = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
+    rows, prompt_ids = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
     if args.judge == "oracle" and not all(r.get("data_source") == "toyworld" for r in rows):
         raise UserError(f"--judge oracle needs toy-world data (data_source 'toyworld' in every row of {args.data})")
 
@@ -83,7 +83,7 @@ def main():
             flawed[pos] = torch.tensor(judged, dtype=torch.bool)
         return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
 
-    rl.train(args, info, reward_fn, generators={"genrm": detector.generator} if detector else None)
+    rl.train(args, info, reward_fn, rows, prompt_ids, generators={"genrm": detector.generator} if detector else None)
 
 
 if __name__ == "__main__":

@@ -86,8 +86,7 @@ def check_critic_labels(rows: list[dict], source) -> None:
 def check_run_inputs(args, fields) -> list[dict]:
     """What train_policy.py / train_genrm.py check in their `main` before the loop starts:
     positive sizes, --out, the data rows and `fields`, the tokenizer, config.json and the
-    prompt lengths. Returns the rows. (The loop in rl.py loads the rows again; this costs a
-    second read and tokenization, seconds even for DAPO-Math-17k.)"""
+    prompt lengths. Returns (rows, prompt_ids), which rl.train then trains on."""
     from fapo_mini.data import load_rows, prompt_text, validate_rows
     from fapo_mini.model import load_config, load_tokenizer
     for flag in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches", "micro_tokens"):
@@ -100,4 +99,4 @@ def check_run_inputs(args, fields) -> list[dict]:
     tok = load_tokenizer(args.model, args.trust_remote_code)
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompt_ids, args.data, args.max_new_tokens, cfg.max_position_embeddings, cfg.vocab_size)
-    return rows
+    return rows, prompt_ids

@@ -33,8 +33,9 @@ from tqdm import tqdm
 from fapo_mini import dist, grpo, parallel, tracking
 from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_sharded, load_state,
                                   rng_state, save_checkpoint, set_rng_state)
-from fapo_mini.data import batch_indices, load_rows, prompt_text, shard, validate_rows
+from fapo_mini.data import batch_indices, shard
 from fapo_mini.dist import all_reduce_sum
+from fapo_mini.errors import UserError
 from fapo_mini.model import load_model, load_tokenizer, save_model
 from fapo_mini.sampler import Sampler, SamplingParams
 from fapo_mini.update import Rollouts, UpdateConfig, make_optimizer, ppo_update
@@ -103,24 +104,23 @@ def mixed_groups(rewards: torch.Tensor, group_size: int) -> list[bool]:
     return (~(groups == groups[:, :1]).all(1)).tolist()
 
 
-def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.ground_truth"), generators=None):
-    """The RL run, on the ranks `info` describes (the script's one dist.setup()).
+def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=None):
+    """The RL run, on the ranks `info` describes (the script's one dist.setup()), over `rows` and
+    their tokenized prompts `prompt_ids` (preflight.check_run_inputs has read and checked both).
     `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
     metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
     `generators`: name -> the torch.Generator a reward draws from (a sampling GenRM's), checkpointed.
     Resumes from the newest checkpoint in --out unless --fresh."""
     out = Path(args.out)
     try:  # bad data, model folder, checkpoint or flags: end with the message, not a traceback
-        rows = load_rows(args.data)
-        validate_rows(rows, args.data, fields)
         if len(rows) < args.prompts_per_step or args.prompts_per_step % info.world_size:
-            raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
+            raise UserError(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
                              f"multiple of {info.world_size} ranks")
         if args.fsdp and info.world_size < 2:
-            raise SystemExit("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
+            raise UserError("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
         for flag in ("filter_max_rounds", "rollout_max_rows"):
             if getattr(args, flag) < 1:
-                raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+                raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
         tok = load_tokenizer(args.model, args.trust_remote_code)
         config = dict(vars(args))
         if args.fresh and info.is_main and (out / "ckpt").exists():
@@ -155,7 +155,7 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
             start = state["step"]
             dist.print0(f"resuming from {ckpt} at step {start}")
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise UserError(str(e)) from None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -165,7 +165,6 @@ def train(args, info: dist.DistInfo, reward_fn, fields=("prompt", "reward_model.
     dist.barrier()
     rollout = parallel.RolloutCopy(model, info, args.fsdp)     # CPU + DDP: the live policy itself
     sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows)
-    prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     params = SamplingParams(n=args.group_size, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens)
     cfg = UpdateConfig(temperature=args.temperature, mini_batches=args.mini_batches, micro_tokens=args.micro_tokens,
