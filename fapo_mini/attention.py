@@ -1,20 +1,30 @@
-"""The two attention calls the whole project uses, each with a flash-attn and an SDPA twin.
+"""The two attention calls the whole project uses, each with GPU kernels and an SDPA twin.
 
 Why this file exists: attention is the only place where a fast GPU kernel and a plain
 reference must agree. Everything else (model, sampler, trainers) calls exactly two
 functions and never asks which implementation runs:
 
-    varlen_attention(q, k, v, cu_seqlens, max_seqlen)        packed causal attention
+    varlen_attention(q, k, v, cu_seqlens, max_seqlen)            packed causal attention
     kvcache_attention(q, k_cache, v_cache, k, v, cache_seqlens)  new tokens vs a KV cache
 
-The flash-attn versions are one-line calls to `flash_attn_varlen_func` and
-`flash_attn_with_kvcache` (so what CPU tests cannot check is one line each). The SDPA
-versions have the same signatures and semantics and are the tested reference. The
-choice is automatic: flash-attn when it imports and the tensors are on CUDA.
+`backend(q)` picks, in this order:
+  1. "flash":  flash-attn's `flash_attn_varlen_func` / `flash_attn_with_kvcache`, when the
+     package imports (an optional, separately built dependency);
+  2. "varlen": PyTorch's own FlashAttention, `torch.nn.attention.varlen.varlen_attn`, which
+     ships in PyTorch's CUDA builds (we need its `seqused_k` and `window_size` arguments,
+     present in torch 2.13; it raises on CPU). So a GPU user gets flash kernels with no
+     flash-attn build;
+  3. "sdpa":   the reference twins below, on CPU or any tensor the kernels cannot take.
+The kernels need CUDA tensors in bf16 / fp16. What CPU tests cannot run is the kernel call
+itself: each GPU function is a few lines, and tests/test_attention_contract.py runs the real
+call sites through stand-ins that check every documented argument contract.
 
 Layouts follow flash-attn: packed tensors are (T, H, D); caches are (B, L, Hkv, D).
-Grouped-query attention (Hkv < H) is handled by both.
+Grouped-query attention (Hkv < H) is handled by all three.
 """
+import inspect
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -24,9 +34,29 @@ try:  # optional, GPU only
 except ImportError:  # pragma: no cover - depends on the machine
     HAS_FLASH = False
 
+try:  # PyTorch's FlashAttention varlen (CUDA builds; the Python module exists on CPU builds too)
+    from torch.nn.attention.varlen import varlen_attn
+    HAS_VARLEN = {"seqused_k", "window_size"} <= set(inspect.signature(varlen_attn).parameters)
+except ImportError:  # pragma: no cover - older torch
+    HAS_VARLEN = False
 
-def _use_flash(x: torch.Tensor) -> bool:
-    return HAS_FLASH and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+_warned = False
+
+
+def backend(x: torch.Tensor) -> str:
+    """'flash', 'varlen' or 'sdpa' for a query tensor x (see the module docstring)."""
+    global _warned
+    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    if HAS_FLASH:
+        return "flash"
+    if HAS_VARLEN:
+        return "varlen"
+    if not _warned:  # pragma: no cover - a GPU without either kernel
+        warnings.warn("no flash-attn and no torch varlen_attn: attention runs on SDPA; its decode path "
+                      "(bool mask + GQA) falls to the slow math kernel on CUDA")
+        _warned = True
+    return "sdpa"
 
 
 # ----------------------------------------------------------------------------
@@ -34,6 +64,12 @@ def _use_flash(x: torch.Tensor) -> bool:
 
 def varlen_attention_flash(q, k, v, cu_seqlens, max_seqlen):
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True)
+
+
+def varlen_attention_torch(q, k, v, cu_seqlens, max_seqlen):
+    # window (-1, 0): causal (each query sees keys up to its own position), per sequence
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, window_size=(-1, 0),
+                       enable_gqa=k.shape[1] != q.shape[1])
 
 
 def varlen_attention_sdpa(q, k, v, cu_seqlens, max_seqlen):
@@ -61,9 +97,11 @@ def varlen_attention_sdpa(q, k, v, cu_seqlens, max_seqlen):
     return out.transpose(1, 2)[row, col]                                      # (T, H, D)
 
 
+_VARLEN = {"flash": varlen_attention_flash, "varlen": varlen_attention_torch, "sdpa": varlen_attention_sdpa}
+
+
 def varlen_attention(q, k, v, cu_seqlens, max_seqlen):
-    impl = varlen_attention_flash if _use_flash(q) else varlen_attention_sdpa
-    return impl(q, k, v, cu_seqlens, max_seqlen)
+    return _VARLEN[backend(q)](q, k, v, cu_seqlens, max_seqlen)
 
 
 # ----------------------------------------------------------------------------
@@ -73,6 +111,33 @@ def kvcache_attention_flash(q, k_cache, v_cache, k, v, cache_seqlens):
     return flash_attn_with_kvcache(q, k_cache, v_cache, k=k, v=v, cache_seqlens=cache_seqlens, causal=True)
 
 
+def _write_cache(k_cache, v_cache, k, v, cache_seqlens):
+    """Row b's S new keys / values go to positions cache_seqlens[b] .. + S - 1, in place.
+    Returns those positions, (B, S)."""
+    B, S = k.shape[:2]
+    pos = cache_seqlens.long()[:, None] + torch.arange(S, device=k.device)   # (B, S)
+    rows = torch.arange(B, device=k.device)[:, None]
+    k_cache[rows, pos] = k
+    v_cache[rows, pos] = v
+    return pos
+
+
+def kvcache_attention_torch(q, k_cache, v_cache, k, v, cache_seqlens):
+    """flash_attn_with_kvcache's semantics from torch's varlen_attn: write the new keys,
+    then read each row's first cache_seqlens[b] + S keys of its (L,) slot. The dense cache
+    is a packed key tensor with offsets b * L, and `seqused_k` says how much of each is used."""
+    B, S, H, D = q.shape
+    L, Hkv = k_cache.shape[1], k_cache.shape[2]
+    _write_cache(k_cache, v_cache, k, v, cache_seqlens)
+    cu_q = torch.arange(0, (B + 1) * S, S, dtype=torch.int32, device=q.device)
+    cu_k = torch.arange(0, (B + 1) * L, L, dtype=torch.int32, device=q.device)
+    out = varlen_attn(q.reshape(B * S, H, D), k_cache.view(B * L, Hkv, D), v_cache.view(B * L, Hkv, D),
+                      cu_q, cu_k, S, L, seqused_k=(cache_seqlens + S).to(torch.int32),
+                      # one query: it sees every used key; S > 1: causal, aligned to the end of the keys
+                      window_size=(-1, -1) if S == 1 else (-1, 0), enable_gqa=Hkv != H)
+    return out.view(B, S, H, D)
+
+
 def kvcache_attention_sdpa(q, k_cache, v_cache, k, v, cache_seqlens):
     """Reference for `flash_attn_with_kvcache(q, k_cache, v_cache, k=k, v=v, cache_seqlens=..., causal=True)`.
 
@@ -80,21 +145,21 @@ def kvcache_attention_sdpa(q, k_cache, v_cache, k, v, cache_seqlens):
     k_cache, v_cache: (B, L, Hkv, D), updated IN PLACE: row b's new keys are written at
     positions cache_seqlens[b] .. cache_seqlens[b]+S-1; cache_seqlens: (B,) int32 lengths
     before this call. Query s of row b attends to cache positions <= cache_seqlens[b]+s.
-    Returns (B, S, H, D).
+    Returns (B, S, H, D). The cost follows L: the sampler passes a view of the cache cut
+    to the longest row, so no key past it is computed on.
     """
-    B, S, H, D = q.shape
-    pos = cache_seqlens.long()[:, None] + torch.arange(S, device=q.device)    # (B, S) where the new tokens go
-    rows = torch.arange(B, device=q.device)[:, None]
-    k_cache[rows, pos] = k
-    v_cache[rows, pos] = v
-    L = int(pos.max()) + 1                                                    # no key past this is visible
+    H = q.shape[2]
+    pos = _write_cache(k_cache, v_cache, k, v, cache_seqlens)                 # (B, S)
+    L = k_cache.shape[1]
     visible = torch.arange(L, device=q.device)[None, None, :] <= pos[:, :, None]   # (B, S, L)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k_cache[:, :L].transpose(1, 2), v_cache[:, :L].transpose(1, 2),
+        q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
         attn_mask=visible[:, None], enable_gqa=k.shape[2] != H)              # (B, H, S, D)
     return out.transpose(1, 2)
 
 
+_KVCACHE = {"flash": kvcache_attention_flash, "varlen": kvcache_attention_torch, "sdpa": kvcache_attention_sdpa}
+
+
 def kvcache_attention(q, k_cache, v_cache, k, v, cache_seqlens):
-    impl = kvcache_attention_flash if _use_flash(q) else kvcache_attention_sdpa
-    return impl(q, k_cache, v_cache, k, v, cache_seqlens)
+    return _KVCACHE[backend(q)](q, k_cache, v_cache, k, v, cache_seqlens)
