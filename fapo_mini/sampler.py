@@ -1,28 +1,43 @@
 """Batched KV-cache sampler: many prompts of different lengths, n samples each, one loop.
 
 Why this file exists: GRPO samples n responses per prompt with the *live* policy every
-step, so sampling is most of an RL step's time. This sampler is what nano-vllm's
-engine reduces to when there is one model and one batch:
+step, so sampling is most of an RL step's time. This sampler is what nano-vllm's engine
+reduces to when there is one model and one job:
 
-  1. prefill: every distinct prompt once, packed with no padding (varlen attention);
-     its K/V are copied into n cache rows, one per sample;
-  2. decode: one token per active row per step against the cache (per-row lengths);
-  3. rows that finish (EOS, a stop string, max_new_tokens) leave the batch at once, so
-     the tail of long answers does not pay for the short ones.
+  1. B fixed cache slots (`slots.py`). Prefill packs each distinct prompt once with no
+     padding (varlen attention) and copies its K/V into the slots of its n samples.
+  2. decode: one token per slot per step against the cache (per-row lengths), sampled
+     with the exponential race (no `multinomial`, no host sync).
+  3. every `check_every` steps one small transfer tells the host which rows finished (EOS,
+     a stop string, max_new_tokens). Their slots are refilled from the queue at once, so
+     the batch stays full until the queue drains; then live rows are compacted into a
+     smaller power-of-two bucket. No cache is copied when a row finishes.
 
 Each sampled token comes with its log-prob under the distribution it was drawn from,
 softmax(logits / temperature) before top-k / top-p filtering: the quantity the trainer
 recomputes, so the first PPO ratio is exactly 1 up to float error.
 
-Simplified away: paged memory and continuous batching. The cache is a dense
-(rows, prompt + max_new_tokens) block, so large jobs run in waves of `max_rows` rows.
-No Python work per token per row: the loop is tensor ops, plus decoding the few rows
-whose last token could complete a stop string.
+check_every: 1 on CPU, where a device-to-host read costs nothing and every step a dead
+row runs on is wasted work; 8 on CUDA, where each read stalls the launch queue, so rows
+that finish run on for up to 7 steps (their tokens are discarded) in exchange for one
+sync per 8 tokens. On the SDPA path (CPU) the decode attends only up to the longest live
+row (a host-side bound, no sync). The GPU kernels skip unused keys themselves, so they get
+whole slots: static shapes, and the step can be a CUDA graph (`cuda_graphs=True`, one
+graph per bucket, `cudagraph.py`).
+
+What nano-vllm does that this does not: paged KV blocks and prefix caching (our slots are
+dense, L = longest prompt + max_new_tokens each), chunked prefill mixed into decode steps
+(a refill here is its own small prefill call), preemption, tensor parallelism, and a
+scheduler across many requests with their own sampling parameters.
 """
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+
+from fapo_mini import attention
+from fapo_mini.cudagraph import GraphedDecode
+from fapo_mini.slots import Slots, buckets
 
 
 @dataclass
@@ -92,16 +107,26 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 class Sampler:
-    """sampler = Sampler(model, tokenizer); samples = sampler.generate(prompt_ids, params)."""
+    """sampler = Sampler(model, tokenizer); samples = sampler.generate(prompt_ids, params).
 
-    def __init__(self, model, tokenizer, max_rows=256):
+    max_rows: cache slots (rows decoded at once); check_every: steps between finish checks
+    (None: 1 on CPU, 8 on CUDA, see the module docstring); cuda_graphs: replay the decode
+    step as CUDA graphs (needs bf16 / fp16 weights on CUDA). After a call, `cache_bytes`
+    is the size of the K/V cache it allocated."""
+
+    def __init__(self, model, tokenizer, max_rows=256, check_every=None, cuda_graphs=False):
+        if max_rows < 1 or (check_every is not None and check_every < 1):
+            raise ValueError("max_rows and check_every must be >= 1")
         self.model, self.tok, self.max_rows = model, tokenizer, max_rows
+        self.check_every, self.cuda_graphs = check_every, cuda_graphs
         self.eos = torch.tensor(eos_ids(model, tokenizer))   # tokenizer + config.json + generation_config.json
+        self._eos_set = set(self.eos.tolist())
         self._stop_masks = {}
+        self.cache_bytes = 0
 
     def _stop_candidates(self, stops):
         """(V,) bool: tokens whose text contains the last character of some stop string
-        (or an incomplete UTF-8 piece). Only rows ending in such a token are decoded."""
+        (or an incomplete UTF-8 piece). Only rows that sampled such a token are decoded."""
         if stops not in self._stop_masks:
             V = self.model.cfg.vocab_size
             last = {s[-1] for s in stops}
@@ -119,86 +144,118 @@ class Sampler:
         model's device) makes sampling reproducible; by default one is seeded from params.seed."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token")
-        device = next(self.model.parameters()).device
+        weight = next(self.model.parameters())
+        device = weight.device
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(params.seed)
-        per_wave = max(1, self.max_rows // params.n)
-        out = []
-        for s in range(0, len(prompts), per_wave):
-            out += self._wave(prompts[s:s + per_wave], s, params, generator, device)
+        # fp32 weights on CUDA: one autocast region for the whole call, so each weight is cast
+        # once per call (autocast's cast cache lives as long as the region), not once per token
+        autocast = device.type == "cuda" and weight.dtype == torch.float32
+        if self.cuda_graphs and (device.type != "cuda" or autocast):
+            raise ValueError("cuda_graphs needs the model on CUDA in bf16 or fp16")
+        with torch.autocast("cuda", torch.bfloat16) if autocast else nullcontext():
+            tok, logp, length, reason = self._run(prompts, params, generator, device,
+                                                  torch.bfloat16 if autocast else weight.dtype)
+        names = ("eos", "stop", "length")
+        out = [Sample(r // params.n, tok[r][:length[r]], logp[r][:length[r]], names[reason[r]])
+               for r in range(len(prompts) * params.n)]
         for smp in out:
             smp.text = self.tok.decode(smp.token_ids, skip_special_tokens=True)
         return out
 
-    def _wave(self, prompts, offset, params, generator, device):
+    def _run(self, prompts, params, generator, device, dtype):
         model, n, max_new = self.model, params.n, params.max_new_tokens
-        P = len(prompts)
-        B = P * n
-        lens = torch.tensor([len(p) for p in prompts], device=device)
-        ac = (torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext())
+        R = len(prompts) * n                                                  # output rows, prompt-major
+        slots = Slots(model.cfg, min(self.max_rows, R), max(map(len, prompts)) + max_new, dtype, device, R)
+        self.cache_bytes = slots.bytes
+        graph = GraphedDecode(model, slots, buckets(slots.B)) if self.cuda_graphs else None
+        every = self.check_every or (8 if device.type == "cuda" else 1)
+        cut_keys = attention.backend(slots.k[0]) == "sdpa"   # SDPA's cost follows the keys it is given
         eos = self.eos.to(device)
         stop_mask = self._stop_candidates(tuple(params.stop)).to(device) if params.stop else None
-        max_stop = max((len(s) for s in params.stop), default=0)
-
-        # 1. prefill each distinct prompt once, packed
-        ids = torch.tensor([t for p in prompts for t in p], device=device)
-        pos = torch.cat([torch.arange(int(l), device=device) for l in lens])
-        cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
-        kv = []
-        with ac:
-            h = model(ids, pos, cu, int(lens.max()), kv_out=kv)               # (T, C)
-            logits = model.lm_head(h[cu[1:].long() - 1]).float()              # (P, V) last prompt token
-        logits = logits.repeat_interleave(n, 0)                               # (B, V)
-
-        # copy prompt K/V into n cache rows each: cache[row, position] = kv[token]
-        L = int(lens.max()) + max_new
-        row_of_tok = torch.repeat_interleave(torch.arange(P, device=device), lens)      # (T,)
-        rows = (row_of_tok[:, None] * n + torch.arange(n, device=device)).flatten()     # (T*n,)
-        cols = pos.repeat_interleave(n)
-        src = torch.arange(ids.numel(), device=device).repeat_interleave(n)
-        k_caches, v_caches = [], []
-        for k, v in kv:
-            kc = k.new_zeros(B, L, *k.shape[1:])                                  # (B, L, Hkv, D)
-            vc = v.new_zeros(B, L, *v.shape[1:])
-            kc[rows, cols], vc[rows, cols] = k[src], v[src]
-            k_caches.append(kc)
-            v_caches.append(vc)
-        del kv
-
-        # 2. decode; `live` maps batch position -> original row, finished rows are dropped
-        seqlens = lens.repeat_interleave(n).to(torch.int32)                  # (B,) cached tokens per row
-        live = torch.arange(B, device=device)
-        out_tok = torch.zeros(B, max_new, dtype=torch.long, device=device)
-        out_logp = torch.zeros(B, max_new, device=device)
-        n_gen = torch.zeros(B, dtype=torch.long, device=device)
-        reason = torch.full((B,), 2, dtype=torch.long, device=device)       # 0 eos, 1 stop, 2 length
-        for step in range(max_new):
+        out_tok = torch.zeros(R + 1, max_new, dtype=torch.long, device=device)   # row R: scratch for dead slots
+        out_logp = torch.zeros(R + 1, max_new, device=device)
+        length = torch.zeros(R + 1, dtype=torch.long, device=device)
+        reason = torch.full((R + 1,), 2, dtype=torch.long, device=device)      # 0 eos, 1 stop, 2 length
+        logits = torch.empty(slots.B, model.cfg.vocab_size, device=device)
+        slots.fill(model, list(range(slots.B)), list(range(slots.B)), prompts, n, logits, 0)
+        queued, step = slots.B, 0                                              # next row to admit
+        while True:
+            m = slots.m
+            alive, row, n_gen = slots.alive[:m], slots.row[:m], slots.n_gen[:m]
             tok, logp = sample_tokens(logits, params, generator)
-            out_tok[live, step], out_logp[live, step] = tok, logp
-            is_eos = torch.isin(tok, eos)
-            done = is_eos | (step + 1 == max_new)
-            reason[live[is_eos]] = 0
-            if stop_mask is not None and stop_mask[tok].any():
-                for j in stop_mask[tok].nonzero()[:, 0].tolist():           # only candidate rows
-                    tail = self.tok.decode(out_tok[live[j], max(0, step - 4 * max_stop): step + 1].tolist())
-                    if any(s in tail for s in params.stop) and not is_eos[j]:
-                        done[j] = True
-                        reason[live[j]] = 1
-            if done.any():
-                n_gen[live[done]] = step + 1
-                keep = ~done
-                if not keep.any():
+            dst = torch.where(alive, row, R)
+            out_tok[dst, n_gen.clamp(max=max_new - 1)] = tok
+            out_logp[dst, n_gen.clamp(max=max_new - 1)] = logp
+            if stop_mask is not None:
+                slots.stop_hit[:m] |= stop_mask[tok] & alive
+            n_gen += alive
+            hit_eos = alive & torch.isin(tok, eos)
+            done = hit_eos | (alive & (n_gen == max_new))
+            reason[torch.where(hit_eos, row, R)] = 0
+            length[torch.where(done, row, R)] = n_gen
+            alive &= ~done
+            # decode every slot in use; dead ones write to their position 0 and are ignored
+            if graph is not None:
+                logits = graph(tok, slots.seqlens[:m], m)
+            else:
+                span = slots.span(step) if cut_keys else None
+                k_caches, v_caches = slots.views(span)
+                logits = model.lm_head(model.decode(tok, slots.seqlens[:m], k_caches, v_caches)).float()
+            slots.seqlens[:m] = torch.where(alive, slots.seqlens[:m] + 1, 0)
+            step += 1
+            if step % every == 0:
+                queued, logits = self._check(slots, prompts, params, logits, out_tok, length, reason, queued, step)
+                if logits is None:
                     break
-                live, tok, seqlens = live[keep], tok[keep], seqlens[keep]
-                for i in range(len(k_caches)):  # one layer at a time: peak = cache + one layer's copy
-                    k_caches[i], v_caches[i] = k_caches[i][keep], v_caches[i][keep]
-            with ac:
-                h = model.decode(tok, seqlens, k_caches, v_caches)            # (B_live, C)
-                logits = model.lm_head(h).float()
-            seqlens = seqlens + 1
+        return out_tok[:R].tolist(), out_logp[:R].tolist(), length[:R].tolist(), reason[:R].tolist()
 
-        names = ("eos", "stop", "length")
-        n_gen, reason = n_gen.tolist(), reason.tolist()
-        out_tok, out_logp = out_tok.tolist(), out_logp.tolist()
-        return [Sample(offset + r // n, out_tok[r][:n_gen[r]], out_logp[r][:n_gen[r]], names[reason[r]])
-                for r in range(B)]
+    def _check(self, slots, prompts, params, logits, out_tok, length, reason, queued, step):
+        """The host's look at the batch: one transfer of the live mask (and, with stop strings,
+        of n_gen and stop_hit). Cuts rows at stop strings, refills free slots from the queue,
+        or, once it is empty, compacts. Returns (next queued row, logits for the slots in use),
+        logits None when every row is done."""
+        m, R = slots.m, slots.R
+        if params.stop:
+            alive_h, n_gen_h, hit_h = torch.stack(
+                [slots.alive[:m].long(), slots.n_gen[:m], slots.stop_hit[:m].long()]).tolist()
+            self._cut_at_stops(slots, params.stop, alive_h, n_gen_h, hit_h, out_tok, length, reason)
+        else:
+            alive_h = slots.alive[:m].tolist()
+        free = slots.free(alive_h)
+        if queued < R:
+            if free:
+                take = free[:R - queued]
+                slots.fill(self.model, take, list(range(queued, queued + len(take))), prompts, params.n,
+                           logits, step)
+                queued += len(take)
+            return queued, logits
+        live = [s for s, a in enumerate(alive_h) if a]
+        if not live:
+            return queued, None
+        if len(live) <= m // 2:
+            logits = slots.compact(live, logits)
+        return queued, logits
+
+    def _cut_at_stops(self, slots, stops, alive_h, n_gen_h, hit_h, out_tok, length, reason):
+        """Rows that sampled a stop-candidate token since the last check: decode the tail
+        ending at each such token; the first that completes a stop string ends the row there
+        (tokens it sampled after it are discarded). A row whose EOS completes one ends on EOS."""
+        cand = self._stop_set(stops)
+        max_stop = max(len(x) for x in stops)
+        for s in (s for s, h in enumerate(hit_h) if h):
+            r, toks = slots.row_h[s], out_tok[slots.row_h[s], :n_gen_h[s]].tolist()
+            for j in range(slots.seen_h[s], len(toks)):
+                if toks[j] in cand and toks[j] not in self._eos_set:
+                    if any(x in self.tok.decode(toks[max(0, j - 4 * max_stop): j + 1]) for x in stops):
+                        length[r], reason[r] = j + 1, 1
+                        slots.alive[s], slots.seqlens[s], alive_h[s] = False, 0, False
+                        break
+        slots.seen_h[:slots.m] = n_gen_h
+        slots.stop_hit[:slots.m] = False
+
+    def _stop_set(self, stops):
+        key = ("set", tuple(stops))
+        if key not in self._stop_masks:
+            self._stop_masks[key] = set(self._stop_candidates(tuple(stops)).nonzero()[:, 0].tolist())
+        return self._stop_masks[key]

@@ -9,15 +9,16 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import EOS
+from fapo_mini import slots
 from fapo_mini.model import load_model
 from fapo_mini.sampler import Sampler, SamplingParams, filter_logits, sample_tokens
 
 PROMPTS = [[10, 200, 31], [7, 7, 120, 99, 1, 65, 66, 250], [42], [5, 6, 7, 8, 9]]
 
 
-def run(folder_or_model, tok, prompts=PROMPTS, max_rows=256, **params):
+def run(folder_or_model, tok, prompts=PROMPTS, max_rows=256, check_every=None, **params):
     model = load_model(folder_or_model) if not isinstance(folder_or_model, torch.nn.Module) else folder_or_model
-    return Sampler(model, tok, max_rows=max_rows).generate(prompts, SamplingParams(**params))
+    return Sampler(model, tok, max_rows=max_rows, check_every=check_every).generate(prompts, SamplingParams(**params))
 
 
 # ----------------------------------------------------------------------------- against references
@@ -35,14 +36,16 @@ def test_greedy_equals_transformers_generate(ckpt_dir, byte_tokenizer):
             assert s.finish_reason == ("eos" if ref[-1] == EOS else "length")
 
 
+@pytest.mark.parametrize("max_rows", [256, 3])                              # 3 slots: rows refill them
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
-def test_logprobs_equal_model_token_logprobs(ckpt_dir, byte_tokenizer, dtype, atol):
+def test_logprobs_equal_model_token_logprobs(ckpt_dir, byte_tokenizer, dtype, atol, max_rows):
     """The sampler's log-probs are log softmax(logits / T) before top-k / top-p: what the
     trainer recomputes on the packed prompt + response. In fp32 the cached-decode and packed
     paths differ by float noise that grows to ~1e-5 in log-prob after 12 steps at logits ~15;
     in fp64 the only rounding left is the sampler's cast of logits to fp32."""
     model = load_model(ckpt_dir, dtype=dtype)
-    samples = run(model, byte_tokenizer, n=2, temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=12)
+    samples = run(model, byte_tokenizer, n=2, temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=12,
+                  max_rows=max_rows)
     seqs = [PROMPTS[s.prompt_index] + s.token_ids for s in samples]
     lens = torch.tensor([len(q) for q in seqs])
     cu = torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
@@ -65,16 +68,79 @@ def test_top_k_1_equals_greedy(qwen3_dir, byte_tokenizer):
         assert s.token_ids == greedy[s.prompt_index].token_ids
 
 
-def test_waves_equal_one_batch(qwen2_dir, byte_tokenizer):
+def test_refill_equals_one_batch(qwen2_dir, byte_tokenizer):
     model = load_model(qwen2_dir)
     one = run(model, byte_tokenizer, n=2, temperature=0.0, max_new_tokens=8)
-    waves = run(model, byte_tokenizer, n=2, temperature=0.0, max_new_tokens=8, max_rows=3)   # 1 prompt a wave
-    assert [(s.prompt_index, s.token_ids) for s in waves] == [(s.prompt_index, s.token_ids) for s in one]
+    refill = run(model, byte_tokenizer, n=2, temperature=0.0, max_new_tokens=8, max_rows=3)   # 3 slots, 8 rows
+    assert [(s.prompt_index, s.token_ids) for s in refill] == [(s.prompt_index, s.token_ids) for s in one]
+
+
+def eos_from_greedy(model, tok, steps):
+    """An EOS id that ends the greedy rows of PROMPTS at different steps (or not at all)."""
+    free = run(model, tok, temperature=0.0, max_new_tokens=steps)
+    for t in free[0].token_ids[2:]:
+        ends = {s.token_ids.index(t) if t in s.token_ids else steps for s in free}
+        if len(ends) >= 3:
+            return t
+    raise AssertionError("no token ends the greedy rows at three different steps")
+
+
+@pytest.mark.parametrize("max_rows,check_every", [(256, 1), (3, 1), (3, 4), (5, 2)])
+def test_slots_refill_and_compaction_equal_transformers(ckpt_dir, byte_tokenizer, max_rows, check_every,
+                                                        monkeypatch):
+    """Rows end on EOS at different steps, so slots free up mid-run, are refilled from the
+    queue, and once it drains the live rows are compacted into smaller buckets. Each row is
+    still exactly what transformers' greedy `generate` gives for its prompt alone; checking
+    only every 4 or 8 steps (rows run on past their EOS, and those tokens are dropped) too."""
+    model = load_model(ckpt_dir)
+    eos_tok = eos_from_greedy(model, byte_tokenizer, 24)
+    model.cfg.eos_token_id = [eos_tok, EOS]
+    hf = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32).eval()
+    calls = {"fill": 0, "compact": 0}
+    for name in calls:
+        def counted(self, *a, _f=getattr(slots.Slots, name), _n=name, **kw):
+            calls[_n] += 1
+            return _f(self, *a, **kw)
+        monkeypatch.setattr(slots.Slots, name, counted)
+    samples = run(model, byte_tokenizer, n=2, temperature=0.0, max_new_tokens=24, max_rows=max_rows,
+                  check_every=check_every)
+    assert calls["compact"] >= 1 and calls["fill"] >= (2 if max_rows < 8 else 1)   # refilled, then compacted
+    assert [s.prompt_index for s in samples] == [0, 0, 1, 1, 2, 2, 3, 3]
+    reasons = set()
+    for s in samples:
+        p = PROMPTS[s.prompt_index]
+        ref = hf.generate(torch.tensor([p]), do_sample=False, max_new_tokens=24, eos_token_id=[eos_tok, EOS],
+                          pad_token_id=EOS)[0, len(p):].tolist()
+        assert s.token_ids == ref
+        assert s.finish_reason == ("eos" if ref[-1] in (eos_tok, EOS) else "length")
+        assert len(s.logprobs) == len(s.token_ids)
+        reasons.add((s.finish_reason, len(s.token_ids)))
+    assert len(reasons) >= 3                                                  # rows really ended apart
+
+
+def test_check_every_keeps_sampled_rows(qwen3_dir, byte_tokenizer):
+    """With sampling, the rows a check every 8 steps gives are the rows a check every step
+    gives when no row finishes early (the same noise is drawn for the same slots)."""
+    model = load_model(qwen3_dir)
+    a = run(model, byte_tokenizer, n=3, temperature=1.0, max_new_tokens=10, seed=4, check_every=1)
+    b = run(model, byte_tokenizer, n=3, temperature=1.0, max_new_tokens=10, seed=4, check_every=8)
+    assert [(s.token_ids, s.logprobs, s.finish_reason) for s in a] == \
+        [(s.token_ids, s.logprobs, s.finish_reason) for s in b]
+
+
+def test_cache_bytes_is_the_dense_slot_cache(qwen2_dir, byte_tokenizer):
+    model = load_model(qwen2_dir)
+    sampler = Sampler(model, byte_tokenizer, max_rows=5)
+    sampler.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=7))
+    c = model.cfg
+    slots, L = 5, max(map(len, PROMPTS)) + 7                                   # min(max_rows, rows), prompt + new
+    assert sampler.cache_bytes == 2 * c.num_hidden_layers * slots * L * c.num_key_value_heads * c.head_dim * 4
 
 
 # ----------------------------------------------------------------------------- stopping
 
-def test_stop_string_cuts_at_first_occurrence(qwen3_dir, byte_tokenizer):
+@pytest.mark.parametrize("max_rows,check_every", [(256, 1), (2, 5)])   # rows run past the stop, then are cut
+def test_stop_string_cuts_at_first_occurrence(qwen3_dir, byte_tokenizer, max_rows, check_every):
     model = load_model(qwen3_dir)
     free = run(model, byte_tokenizer, temperature=0.0, max_new_tokens=40)
     # a stop string the greedy output of prompt 1 is known to contain: two ASCII bytes in a row
@@ -83,7 +149,8 @@ def test_stop_string_cuts_at_first_occurrence(qwen3_dir, byte_tokenizer):
     stop = bytes(toks[i:i + 2]).decode()
     cut = next(j for j in range(len(toks)) if stop in byte_tokenizer.decode(toks[:j + 1]))   # first occurrence
 
-    stopped = run(model, byte_tokenizer, temperature=0.0, max_new_tokens=40, stop=(stop, "never seen \x01"))
+    stopped = run(model, byte_tokenizer, temperature=0.0, max_new_tokens=40, stop=(stop, "never seen \x01"),
+                  check_every=check_every, max_rows=max_rows)
     s = stopped[1]
     assert s.finish_reason == "stop"
     assert s.token_ids == toks[:cut + 1]
