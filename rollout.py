@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--genrm", help="GenRM folder: also judge correct policy rollouts with it")
     ap.add_argument("--genrm-max-new-tokens", type=int, default=256, help="critique length cap (cut = not flawed)")
     ap.add_argument("--no-score", action="store_true", help="generate only")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay the decode step as CUDA graphs (GPU)")
     ap.add_argument("--trust-remote-code", action="store_true")
     args = ap.parse_args()
     for flag, ok, want in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
@@ -126,7 +127,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load_config(args.model)           # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.model, args.trust_remote_code)
-    model = load_model(args.model, device).eval()
+    model = load_model(args.model, device, torch.bfloat16 if device == "cuda" else torch.float32).eval()  # inference only
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
     detector = None  # loaded before sampling, so a bad --genrm folder fails in seconds
@@ -135,7 +136,9 @@ def main():
             detector = FlawDetector(args.genrm, device, args.genrm_max_new_tokens, prompts=TOY_PROMPTS)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
-    sampler = Sampler(model, tok)
+    if args.cuda_graphs and device != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA GPU")
+    sampler = Sampler(model, tok, cuda_graphs=args.cuda_graphs)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed)
     gen = torch.Generator(device=device).manual_seed(args.seed)

@@ -57,6 +57,8 @@ def add_common_args(ap):
     g.add_argument("--overlong-buffer", type=int, default=0, help="DAPO overlong shaping buffer (0 = off)")
     g.add_argument("--rollout-max-rows", type=int, default=256,
                    help="sampler rows (rollouts) per wave: its dense KV cache is rows x (prompt + max-new-tokens)")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="replay the sampler's decode step as CUDA graphs, one per batch bucket (GPU only)")
     g.add_argument("--filter-groups", action="store_true",
                    help="DAPO dynamic sampling: train only on groups whose rewards differ, sampling more prompts to fill the batch")
     g.add_argument("--filter-max-rounds", type=int, default=10,
@@ -118,6 +120,8 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
                              f"multiple of {info.world_size} ranks")
         if args.fsdp and info.world_size < 2:
             raise UserError("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
+        if args.cuda_graphs and info.device.type != "cuda":
+            raise UserError("--cuda-graphs needs CUDA GPUs")
         for flag in ("filter_max_rounds", "rollout_max_rows"):
             if getattr(args, flag) < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -164,7 +168,7 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
         tracker = tracking.start(args.report_to, out, config, resumed_at=start)
     dist.barrier()
     rollout = parallel.RolloutCopy(model, info, args.fsdp)     # CPU + DDP: the live policy itself
-    sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows)
+    sampler = Sampler(rollout.model, tok, max_rows=args.rollout_max_rows, cuda_graphs=args.cuda_graphs)
     params = SamplingParams(n=args.group_size, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens)
     cfg = UpdateConfig(temperature=args.temperature, mini_batches=args.mini_batches, micro_tokens=args.micro_tokens,

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -332,3 +333,12 @@ def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, l
     argv = ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o")]
     status, last = run_cli(monkeypatch, capsys, rollout.main, argv + [flag, value])
     assert status == 2 and last == f"rollout.py: error: {line}", last
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+@pytest.mark.parametrize("main,script", [(rollout.main, "rollout.py"), (train_policy.main, "train_policy.py")])
+def test_cuda_graphs_without_a_gpu(monkeypatch, capsys, tmp_path, dirs, main, script):
+    argv = [script, "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o"),
+            "--cuda-graphs"] + (["--judge", "none", "--prompts-per-step", "2"] if script != "rollout.py" else [])
+    status, last = run_cli(monkeypatch, capsys, main, argv)
+    assert status == 2 and last.startswith("error: --cuda-graphs needs") and "CUDA" in last, last
