@@ -56,7 +56,7 @@ def add_common_args(ap):
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--overlong-buffer", type=int, default=0, help="DAPO overlong shaping buffer (0 = off)")
     g.add_argument("--rollout-max-rows", type=int, default=256,
-                   help="sampler rows (rollouts) per wave: its dense KV cache is rows x (prompt + max-new-tokens)")
+                   help="sampler cache slots (rows decoded at once); the KV cache is slots x (longest prompt + max-new-tokens)")
     g.add_argument("--cuda-graphs", action="store_true",
                    help="replay the sampler's decode step as CUDA graphs, one per batch bucket (GPU only)")
     g.add_argument("--filter-groups", action="store_true",
