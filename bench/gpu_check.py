@@ -130,7 +130,10 @@ def part_sampler(a):
             # RL-shaped: 2 x rows samples, lengths from the calibrated EOS
             sampler = Sampler(model, tok_rl, max_rows=rows, **kw)
             ps = prompts_for(2 * rows // n, a.prompt_len, V, V - 1, seed=3)
-            sampler.generate(ps[:2], SamplingParams(n=n, max_new_tokens=8))
+            t = time.perf_counter()
+            sampler.generate(ps[:rows // n], SamplingParams(n=n, max_new_tokens=8))   # warm-up, every slot used
+            sync()
+            r["rl_warmup_s"] = time.perf_counter() - t
             if CUDA:
                 torch.cuda.reset_peak_memory_stats()
             sync()
