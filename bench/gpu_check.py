@@ -26,7 +26,7 @@ alone), random N(0, 0.02) weights, seed 0; the train model is Qwen2.5-0.5B-shape
 tiny sizes on CPU so the script itself is checked; the JSON says "tiny": true.
 Exit status: 0 when every part passed, 1 otherwise (on CPU a missing tests/test_cuda.py is not a failure).
 """
-import argparse, inspect, json, os, subprocess, sys, tempfile, time, traceback
+import argparse, inspect, json, os, signal, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,17 +205,29 @@ def run_part(a):
     Path(a.part_out).write_text(json.dumps(res, indent=2))
 
 
+def run_killable(cmd, timeout):
+    """subprocess.run in its own session; on timeout the whole process group (the part and anything it
+    started, e.g. train_policy.py) is killed, so nothing is left holding the GPU. None on timeout."""
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        return None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 def child(a, part, timeout, extra=()):
     """Run `part` in a subprocess with a timeout; its JSON, or a record of how it failed."""
     out = Path(tempfile.mkstemp(suffix=f"_{part}.json")[1])
     cmd = [sys.executable, __file__, "--part", part, "--part-out", str(out), "--prompt-len", str(a.prompt_len),
            "--new-tokens", str(a.new_tokens), "--target-mean", str(a.target_mean)] + (["--tiny"] if a.tiny else []) + list(extra)
     t = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        tail = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""))
-        return {"status": "timeout", "timeout_s": timeout, "output_tail": tail[-2000:]}
+    p = run_killable(cmd, timeout)
+    if p is None:
+        return {"status": "timeout", "timeout_s": timeout}
     try:
         res = json.loads(out.read_text()) if out.stat().st_size else {"status": "fail", "error": "the part wrote no result"}
     except (OSError, json.JSONDecodeError) as e:
@@ -231,9 +243,8 @@ def run_tests(timeout):
     if not path.is_file():
         return {"status": "missing", "error": f"{path.relative_to(ROOT)} not found: the CUDA tests are not in this checkout"}
     cmd = [sys.executable, "-m", "pytest", "-q", str(path.relative_to(ROOT))]
-    try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    p = run_killable(cmd, timeout)
+    if p is None:
         return {"status": "timeout", "timeout_s": timeout}
     lines = [l for l in p.stdout.splitlines() if l.strip()]
     return {"status": "pass" if p.returncode == 0 else "fail", "rc": p.returncode, "summary": lines[-1] if lines else "",
