@@ -58,7 +58,7 @@ last_ckpt() { echo "$1/ckpt/$(ls "$1/ckpt" | tail -1)/model"; }
 stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT \
   --n-test $N_EVAL --n-hard $N_EVAL --n-shift $N_EVAL
 
-# 2. policy warm start on the flawed teacher: short on purpose, so RL starts weak (test accuracy ~0.46, docs/toyworld.md)
+# 2. policy warm start on the flawed teacher: short on purpose, so RL starts weak (test accuracy ~0.45, docs/toyworld.md)
 stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/policy_sft"
 
