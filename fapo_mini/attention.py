@@ -11,9 +11,10 @@ functions and never asks which implementation runs:
   1. "flash":  flash-attn's `flash_attn_varlen_func` / `flash_attn_with_kvcache`, when the
      package imports (an optional, separately built dependency);
   2. "varlen": PyTorch's own FlashAttention, `torch.nn.attention.varlen.varlen_attn`, which
-     ships in PyTorch's CUDA builds (we need its `seqused_k` and `window_size` arguments,
-     present in torch 2.13; it raises on CPU). So a GPU user gets flash kernels with no
-     flash-attn build;
+     ships in PyTorch's CUDA builds and raises on CPU. It appeared in torch 2.9 with only
+     `is_causal`; we need `window_size`, `enable_gqa` and `seqused_k`, which the torch 2.12
+     and 2.13 docs list (HAS_VARLEN checks the signature, so older builds fall to SDPA).
+     So a GPU user gets flash kernels with no flash-attn build;
   3. "sdpa":   the reference twins below, on CPU or any tensor the kernels cannot take.
 The kernels need CUDA tensors in bf16 / fp16. What CPU tests cannot run is the kernel call
 itself: each GPU function is a few lines, and tests/test_attention_contract.py runs the real
