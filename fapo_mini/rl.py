@@ -90,7 +90,8 @@ def add_common_args(ap):
 
 
 # flags that may change when a run is resumed; every other flag must match the checkpoint
-RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to")
+RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to",
+             "cuda_graphs")
 
 
 def log_metrics(metrics_path: Path, line: dict) -> None:
