@@ -184,9 +184,9 @@ class Sampler:
             m = slots.m
             alive, row, n_gen = slots.alive[:m], slots.row[:m], slots.n_gen[:m]
             tok, logp = sample_tokens(logits, params, generator)
-            dst = torch.where(alive, row, R)
-            out_tok[dst, n_gen.clamp(max=max_new - 1)] = tok
-            out_logp[dst, n_gen.clamp(max=max_new - 1)] = logp
+            dst, col = torch.where(alive, row, R), n_gen.clamp(max=max_new - 1)   # dead slots -> scratch row
+            out_tok[dst, col] = tok
+            out_logp[dst, col] = logp
             if stop_mask is not None:
                 slots.stop_hit[:m] |= stop_mask[tok] & alive
             n_gen += alive
