@@ -35,11 +35,20 @@ try:  # optional, GPU only
 except ImportError:  # pragma: no cover - depends on the machine
     HAS_FLASH = False
 
-try:  # PyTorch's FlashAttention varlen (CUDA builds; the Python module exists on CPU builds too)
-    from torch.nn.attention.varlen import varlen_attn
-    HAS_VARLEN = {"seqused_k", "window_size"} <= set(inspect.signature(varlen_attn).parameters)
-except ImportError:  # pragma: no cover - older torch
-    HAS_VARLEN = False
+
+def find_varlen():
+    """torch's varlen_attn if this torch has the arguments we use, else None. (The Python module
+    exists on CPU builds too; only its kernel needs CUDA.)"""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - older torch
+        return None
+    return varlen_attn if {"seqused_k", "window_size"} <= set(inspect.signature(varlen_attn).parameters) else None
+
+
+# Looked up only where it can run: the module imports torch._dynamo, about a second of start-up.
+varlen_attn = find_varlen() if torch.cuda.is_available() else None
+HAS_VARLEN = varlen_attn is not None
 
 _warned = False
 

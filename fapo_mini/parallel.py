@@ -19,8 +19,9 @@ fp32 master weights under bf16 autocast; `logp_gap` in metrics.jsonl measures th
 
 Simplified away: tensor / pipeline parallelism, CPU offload, hybrid sharding (HSDP).
 """
+import sys
+
 import torch
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fapo_mini.dist import DistInfo
@@ -63,9 +64,22 @@ def unwrap(module):
     return getattr(module, "module", module)
 
 
+def is_dtensor(t) -> bool:
+    """Is `t` an FSDP2 shard (a DTensor)? Asked without importing torch.distributed.tensor, which
+    costs about a second of every process's start-up: no tensor is a DTensor before it is loaded."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
+
+
+def is_fsdp(module) -> bool:
+    """Is `module` FSDP2-sharded? (No import either, as in is_dtensor.)"""
+    mod = sys.modules.get("torch.distributed.fsdp")
+    return mod is not None and isinstance(module, mod.FSDPModule)
+
+
 def _full(p: torch.Tensor) -> torch.Tensor:
     """A whole parameter: FSDP2's DTensor shards are all-gathered (a collective: every rank calls)."""
-    return p.full_tensor() if isinstance(p, DTensor) else p
+    return p.full_tensor() if is_dtensor(p) else p
 
 
 class RolloutCopy:
@@ -102,7 +116,7 @@ def full_state_dict(module) -> dict:
     """The whole fp32 state dict on CPU, on rank 0 (FSDP2: gathered, a collective every rank calls;
     the other ranks get {}). For a plain or DDP module, its own state dict."""
     inner = unwrap(module)
-    if not any(isinstance(p, DTensor) for p in inner.parameters()):
+    if not any(is_dtensor(p) for p in inner.parameters()):
         return inner.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

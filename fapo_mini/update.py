@@ -21,10 +21,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.tensor import DTensor
 
 from fapo_mini import grpo
 from fapo_mini.dist import all_reduce_sum
+from fapo_mini.parallel import is_dtensor, is_fsdp
 
 
 @dataclass
@@ -109,11 +109,6 @@ SUMS = ("clipped",          # tokens whose ratio was clipped
         "tokens_first")     # response tokens of the first mini-batch
 
 
-def _is_fsdp(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-    return isinstance(model, FSDPModule)
-
-
 def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfig, world_size=1,
                ref_model=None, generator=None):
     """PPO/GRPO update over this rank's rollouts, `cfg.mini_batches` optimizer steps.
@@ -125,7 +120,7 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
     order = torch.randperm(N, generator=generator).tolist()
     mb_size = N // cfg.mini_batches
     ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
-    fsdp = _is_fsdp(model)
+    fsdp = is_fsdp(model)
     sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in SUMS}
     grad_norms = []
     model.train()
@@ -164,7 +159,7 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
             sums["tokens"] += float(len(logp))
             sums["tokens_first"] += float(len(logp)) if first else 0.0
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        if isinstance(grad_norm, DTensor):                                    # FSDP2: the norm over all shards
+        if is_dtensor(grad_norm):                                    # FSDP2: the norm over all shards
             grad_norm = grad_norm.full_tensor()
         grad_norms.append(grad_norm.item())
         if not math.isfinite(grad_norms[-1]):
