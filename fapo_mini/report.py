@@ -28,7 +28,7 @@ ARMS = ("grpo", "fapo", "fapo_oracle", "strict")
 LABELS = {"grpo": "GRPO (lam 0)", "fapo": "FAPO (GenRM, lam 1)", "fapo_oracle": "FAPO (oracle, lam 1)",
           "strict": "strict (oracle, lam 2)"}
 SPLITS = ("test", "hard", "shift")
-KEYS = ("accuracy", "fp_ratio", "cue_shortcut")
+KEYS = ("accuracy", "fp_ratio", "cue_shortcut", "plain_accuracy")
 EARLY_STEPS = 10  # the early phase: mean training accuracy over RL steps 1..EARLY_STEPS (docs/method.md §5)
 
 
@@ -125,24 +125,25 @@ def table(res: dict) -> str:
     ms = lambda a, k: f"{f(a.get(k))} ({'..'.join(f(x) for x in a['spread_' + k])})" if a.get("spread_" + k) else "-"
     arms = [a for a in ARMS if a in res["arms"]] + [a for a in res["arms"] if a not in ARMS]
     rows = ["| arm | seeds | accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy (hard) "
-            f"| shortcut on cue (test) | train accuracy, steps 1-{EARLY_STEPS} |", "|---|---|---|---|---|---|---|---|"]
+            f"| shortcut on cue (test) | accuracy, test without cue | train accuracy, steps 1-{EARLY_STEPS} |",
+            "|---|---|---|---|---|---|---|---|---|"]
     if res["warm_start"]:
         w = res["warm_start"]
         g = lambda s, k: f(w.get(s, {}).get(k))
         rows.append(f"| warm start | - | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
-                    f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | - |")
+                    f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | {g('test', 'plain_accuracy')} | - |")
     for arm in arms:
         a = res["arms"][arm]
         rows.append(f"| {LABELS.get(arm, arm)} | {len(a['seeds'])} | {ms(a, 'accuracy')} | {ms(a, 'fp_ratio')} | "
                     f"{ms(a, 'shift_accuracy')} | {ms(a, 'hard_accuracy')} | {ms(a, 'cue_shortcut')} | "
-                    f"{ms(a, 'early_accuracy')} |")
-    rows += ["", "| arm | seed | accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy (hard) | shortcut on cue (test) |",
-             "|---|---|---|---|---|---|---|"]
+                    f"{ms(a, 'plain_accuracy')} | {ms(a, 'early_accuracy')} |")
+    rows += ["", "| arm | seed | accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy (hard) | shortcut on cue (test) "
+             "| accuracy, test without cue |", "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         for seed, s in res["arms"][arm]["per_seed"].items():
             g = lambda sp, k: f(s.get(sp, {}).get(k))
             rows.append(f"| {arm} | {seed} | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
-                        f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} |")
+                        f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | {g('test', 'plain_accuracy')} |")
     if res["genrm"]:
         rows += ["", "| GenRM | FP precision | FP recall | FP F1 | ProcessBench F1 | valid |", "|---|---|---|---|---|---|"]
         for name, s in res["genrm"].items():

@@ -31,7 +31,8 @@ SPLITS = ("test", "hard", "shift")
 def score(rows: list[dict], responses: list[str]) -> dict:
     """Summary of one split: accuracy, fp_ratio (flawed / correct by the oracle; None when nothing
     is correct), kinds ([correct, total] per toyworld.flaw_kind), and on cue problems the share
-    answered by the shortcut (`cue_shortcut`) and their accuracy (`cue_accuracy`)."""
+    answered by the shortcut (`cue_shortcut`) and their accuracy (`cue_accuracy`); `plain_accuracy`
+    is the accuracy on the problems without the cue, where no shortcut pays."""
     correct = [toyworld.is_correct(s, r["reward_model"]["ground_truth"]) for r, s in zip(rows, responses)]
     kinds = [toyworld.flaw_kind(r["prompt"], s) for r, s in zip(rows, responses)]
     n_pos = sum(correct)
@@ -42,7 +43,8 @@ def score(rows: list[dict], responses: list[str]) -> dict:
             "kinds": {k: [right[k], total[k]] for k in toyworld.KINDS if total[k]}, "prompts": len(rows),
             "cue_prompts": len(cue),
             "cue_shortcut": sum(kinds[i] == "shortcut" for i in cue) / len(cue) if cue else None,
-            "cue_accuracy": sum(correct[i] for i in cue) / len(cue) if cue else None}
+            "cue_accuracy": sum(correct[i] for i in cue) / len(cue) if cue else None,
+            "plain_accuracy": (n_pos - sum(correct[i] for i in cue)) / (len(rows) - len(cue)) if len(rows) > len(cue) else None}
 
 
 def evaluate(model_dir: str, splits: dict[str, list[dict]], temperature: float, max_new_tokens: int, seed: int):

@@ -70,5 +70,7 @@ def test_toyeval_score_agrees_with_rollout_score_policy():
     assert mine["cue_shortcut"] == sum(s == f"ans={p.start}" and p.steps > 2 or
                                        toyworld.solution_lines(s)[0].startswith("ans=") for p, s in cue) / len(cue)
     assert mine["cue_accuracy"] == sum(toyworld.is_correct(s, p.answer) for p, s in cue) / len(cue)
+    plain = [(p, s) for p, s in zip(probs, responses) if not p.cue]
+    assert mine["plain_accuracy"] == sum(toyworld.is_correct(s, p.answer) for p, s in plain) / len(plain)
     nothing = toyeval.score(rows[:3], ["x"] * 3)
     assert nothing["accuracy"] == 0 and nothing["fp_ratio"] is None
