@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GRPO vs FAPO on the toy world's shortcut, end to end, on two CPU cores.
 #
-#   ./demo.sh                 the default run: 4 arms x 3 seeds (see docs/results.md for its wall time)
-#   ./demo.sh --seeds 5       the robustness run
-#   ./demo.sh --quick         the same chain at toy sizes (about two minutes; what the tests run)
-#   ATEN_CPU_CAPABILITY=default ./demo.sh --seeds 5 --out runs/demo-default-kernels
-#                             the same run on torch's non-vectorised CPU kernels: other float rounding,
-#                             as on another CPU (the "two machines" check, docs/results.md)
+#   ./demo.sh                 the default run: GRPO, FAPO-GenRM and FAPO-oracle x 3 seeds (docs/results.md
+#                             has its wall time)
+#   ./demo.sh --seeds 5       the robustness run: 5 seeds, and what the default run leaves out for time:
+#                             the strict arm (lam 2) and the GenRM's outcome-reward ablation
+#   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
+#   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
+#   DEMO_THREADS=1 ./demo.sh  the same run with other float rounding (one thread sums in another order),
+#                             as on another CPU: the "two machines" check in docs/results.md
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
@@ -16,16 +18,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; SEEDS=3; OUT=runs/demo
+QUICK=0; SEEDS=3; FULL=0; OUT=runs/demo
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) QUICK=1; OUT=runs/demo-quick; SEEDS=1 ;;
-    --seeds) SEEDS="$2"; shift ;;
+    --quick) QUICK=1; FULL=1; OUT=runs/demo-quick; SEEDS=1 ;;
+    --seeds) SEEDS="$2"; shift; [ "$SEEDS" -ge 5 ] && FULL=1 ;;
+    --full) FULL=1 ;;
     --out) OUT="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--seeds N] [--out DIR]"; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--seeds N] [--full] [--out DIR]"; exit 2 ;;
   esac
   shift
 done
+ARMS="grpo fapo fapo_oracle"; GENRM_REWARDS="step"
+[ "$FULL" = 1 ] && { ARMS="$ARMS strict"; GENRM_REWARDS="step outcome"; }
 if [ -z "${PYTHON:-}" ]; then
   [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt; }
   PYTHON=.venv/bin/python
@@ -37,10 +42,10 @@ TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"
 # sizes: the default run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
-  GENRM_RL_STEPS=2; RL_STEPS=3; PPS=4; N_EVAL=40; FILL=50
+  GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_EVAL=40; N_HARD=40; FILL=50
 else
   N_SFT=20000; MODEL=d128-l4; SFT_STEPS=400; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
-  GENRM_RL_STEPS=8; RL_STEPS=20; PPS=16; N_EVAL=250; FILL=0
+  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=20; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
@@ -53,7 +58,7 @@ last_ckpt() { echo "$1/ckpt/$(ls "$1/ckpt" | tail -1)/model"; }
 
 # 1. the world: policy rows (train, held-out test / hard / shift), flawed-teacher traces, tokenizer
 stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT \
-  --n-test $N_EVAL --n-hard $N_EVAL --n-shift $N_EVAL
+  --n-test $N_EVAL --n-hard $N_HARD --n-shift $N_EVAL
 
 # 2. policy warm start on the flawed teacher: short on purpose, so RL starts weak (test accuracy ~0.45, docs/toyworld.md)
 stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
@@ -66,16 +71,18 @@ stage genrm_data $PY -m fapo_mini.toycritic --rollouts "$OUT/genrm_data/rollouts
   --teacher-fill $FILL
 
 # 4. GenRM warm start (from the policy's weights: it already reads the world), then RL with the step-wise
-#    reward and, as the ablation, the outcome-only reward; same steps and seed
+#    reward and, as the ablation (--full), the outcome-only reward; same steps and seed
 stage genrm_sft $PY -m fapo_mini.sft --data "$OUT/genrm_data/sft_genrm.jsonl" --model "$OUT/policy_sft" \
   --steps $GENRM_SFT_STEPS --batch-size $GENRM_BATCH --lr 1e-3 --out "$OUT/genrm_sft"
-for reward in step outcome; do
+for reward in $GENRM_REWARDS; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
-    --steps $GENRM_RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 160 --lr 1e-4 --warmup 2
+    --steps $GENRM_RL_STEPS --prompts-per-step $GENRM_PPS --group-size 8 --max-new-tokens 160 --lr 1e-4 --warmup 2
 done
 GENRM=$(last_ckpt "$OUT/genrm_rl_step")
-for name in sft:"$OUT/genrm_sft" rl_outcome:"$(last_ckpt "$OUT/genrm_rl_outcome")" rl_step:"$GENRM"; do
+GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
+[ "$FULL" = 1 ] && GENRMS="$GENRMS rl_outcome:$(last_ckpt "$OUT/genrm_rl_outcome")"
+for name in $GENRMS; do
   stage genrm_eval $PY rollout.py --model "${name#*:}" --data "$OUT/genrm_data/critic_test.jsonl" --n 1 \
     --temperature 0 --max-new-tokens 160 --batch-size 256 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 \
     > "$OUT/eval/genrm_${name%%:*}.json"
@@ -86,15 +93,16 @@ EVAL="$PY -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval --temperature 1.
 stage eval $EVAL warm_start="$OUT/policy_sft"
 
 # 6. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle,
-#    and strict (a flawed positive scores like a wrong answer); each seed's final policies are then
-#    evaluated like the warm start, so a stopped run keeps the seeds it finished
+#    and (--full) strict, where a flawed positive scores like a wrong answer; each seed's final
+#    policies are then evaluated like the warm start, so a stopped run keeps the seeds it finished
+declare -A FLAGS=([grpo]="--lam 0 --judge none" [fapo]="--lam 1 --judge genrm --genrm $GENRM"
+                  [fapo_oracle]="--lam 1 --judge oracle" [strict]="--lam 2 --judge oracle")
 for seed in $(seq 1 $SEEDS); do
   models=()
-  for arm in grpo:"--lam 0 --judge none" fapo:"--lam 1 --judge genrm --genrm $GENRM" \
-             fapo_oracle:"--lam 1 --judge oracle" strict:"--lam 2 --judge oracle"; do
-    run="$OUT/rl/${arm%%:*}_s$seed"
-    stage rl_${arm%%:*} $TORCHRUN train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" \
-      --out "$run" ${arm#*:} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 \
+  for arm in $ARMS; do
+    run="$OUT/rl/${arm}_s$seed"
+    stage rl_$arm $TORCHRUN train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" \
+      --out "$run" ${FLAGS[$arm]} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 \
       --max-new-tokens 64 --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160
     models+=("$(basename "$run")=$(last_ckpt "$run")")
   done
