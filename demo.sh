@@ -7,8 +7,9 @@
 #                             the strict arm (lam 2) and the GenRM's outcome-reward ablation
 #   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
-#   DEMO_THREADS=1 ./demo.sh  the same run with other float rounding (one thread sums in another order),
-#                             as on another CPU: the "two machines" check in docs/results.md
+#   MKL_CBWR=COMPATIBLE ./demo.sh --out runs/demo-mkl-compatible
+#                             the same run with MKL's matrix products on another code path: other float
+#                             rounding, as on another CPU (the "two machines" check, docs/results.md)
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
