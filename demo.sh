@@ -23,7 +23,9 @@ QUICK=0; SEEDS=3; FULL=0; OUT=runs/demo
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; FULL=1; OUT=runs/demo-quick; SEEDS=1 ;;
-    --seeds) SEEDS="$2"; shift; [ "$SEEDS" -ge 5 ] && FULL=1 ;;
+    --seeds) SEEDS="${2:-}"; shift
+             [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --seeds needs a whole number >= 1, got '$SEEDS'"; exit 2; }
+             [ "$SEEDS" -ge 5 ] && FULL=1 ;;
     --full) FULL=1 ;;
     --out) OUT="$2"; shift ;;
     *) echo "usage: $0 [--quick] [--seeds N] [--full] [--out DIR]"; exit 2 ;;

@@ -57,3 +57,11 @@ def test_demo_quick(tmp_path):
     assert {"data", "policy_sft", "genrm_sft", "genrm_rl", "eval"} | {f"rl_{a}" for a in ARMS} <= set(stages)
     assert abs(res["total_seconds"] - sum(stages.values())) < 1e-6
     assert res["machine"]["cpus"] == os.cpu_count()
+
+
+def test_demo_rejects_a_bad_seed_count():
+    """--seeds takes a whole number; anything else is one line and status 2, before any work."""
+    for bad in ("x", "0", "-1"):
+        proc = subprocess.run(["bash", str(ROOT / "demo.sh"), "--seeds", bad], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout.strip() == f"error: --seeds needs a whole number >= 1, got '{bad}'"
