@@ -170,7 +170,12 @@ class Block(nn.Module):
 class Decoder(nn.Module):  # named `model` inside Qwen, as transformers' parameter names require
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # nn.Embedding's own N(0, 1) init, skipped on the meta device (load_model): there torch runs
+        # normal_ through its Python reference kernels, which import torch._dynamo (~3 s of start-up)
+        w = torch.empty(cfg.vocab_size, cfg.hidden_size)
+        if w.device.type != "meta":
+            nn.init.normal_(w)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=w)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

@@ -218,3 +218,24 @@ def test_gradient_checkpointing_same_gradients(ckpt_dir):
     for name in g_plain:
         assert g_plain[name].abs().sum() > 0, name                            # every parameter is reached
         assert_close_scaled(g_ckpt[name], g_plain[name], 1e-5, name)
+
+
+def test_embedding_init_and_lean_load(ckpt_dir):
+    """A fresh Qwen's embedding is drawn as nn.Embedding draws it (same RNG stream, same values);
+    load_model builds on the meta device without that init, so it never imports torch._dynamo."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fapo_mini.model import ModelConfig, Qwen
+    cfg = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, head_dim=32)
+    torch.manual_seed(0)
+    ours = Qwen(cfg).model.embed_tokens.weight
+    torch.manual_seed(0)
+    assert torch.equal(ours, torch.nn.Embedding(50, 32).weight)
+    code = (f"import sys; from fapo_mini.model import load_model; load_model({str(ckpt_dir)!r}); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "False"
