@@ -71,9 +71,11 @@ def main():
             counts["fp_ratio"] = (sum(oracle), len(pos))
         judged = [False] * len(pos)
         if detector is not None and args.judge in ("genrm", "none"):
+            before = detector.critiqued
             judged, n_invalid = detector([row_of[i] for i in pos], [samples[i].text for i in pos])
             counts["judge_fp_ratio"] = (sum(judged), len(pos))
             counts["judge_invalid"] = (n_invalid, len(pos))
+            counts["judge_distinct"] = (detector.critiqued - before, len(pos))   # critiques made / rollouts judged
         if args.judge == "oracle":                 # main checked that every row is a toy-world row
             judged = oracle
         flawed = torch.zeros(n, dtype=torch.bool)

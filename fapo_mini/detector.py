@@ -5,7 +5,9 @@ is a flawed positive (docs/method.md §1, §3). genrm.py holds everything about 
 that is plain text; this file holds the part that loads a model and samples from it:
 the GenRM's own weights, on the policy's device, behind our batched sampler, with its
 own torch.Generator (checkpointed with the trainer's RNG states, so a resumed run with
-a sampling GenRM continues exactly).
+a sampling GenRM continues exactly). A greedy GenRM (temperature 0, the default) critiques
+each distinct (prompt, response) once: a group's correct rollouts are often the same text,
+and a greedy critique is a function of its input.
 
 What it simplifies away: no separate inference server and no weight sharing with the
 policy (the GenRM is a second, frozen model in the same process); one verdict per
@@ -38,6 +40,7 @@ class FlawDetector:
         self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.prompts = dict(prompts or {})
+        self.critiqued = 0                          # critiques generated so far (distinct texts when greedy)
 
     def prompt(self, row: dict, response: str) -> str:
         own = self.prompts.get(row.get("data_source"))
@@ -56,6 +59,12 @@ class FlawDetector:
     def __call__(self, rows, responses):
         if not rows:
             return [], 0
-        ids = [self.tok.encode(self.prompt(r, s), add_special_tokens=False) for r, s in zip(rows, responses)]
-        verdicts = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
+        texts = [self.prompt(r, s) for r, s in zip(rows, responses)]
+        greedy = self.params.temperature == 0                # greedy: one critique per distinct text
+        unique = list(dict.fromkeys(texts)) if greedy else texts
+        ids = [self.tok.encode(t, add_special_tokens=False) for t in unique]
+        self.critiqued += len(ids)
+        out = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
+        of_text = dict(zip(unique, out))
+        verdicts = [of_text[t] for t in texts] if greedy else out
         return [v is not None and v != NO_ERROR for v in verdicts], sum(v is None for v in verdicts)

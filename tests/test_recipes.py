@@ -175,6 +175,28 @@ def test_flaw_detector_runs_the_tiny_genrm(tiny_dirs):
     assert flawed == [False, False] and invalid == 2   # random critiques never parse: not flawed, counted
 
 
+
+def test_greedy_detector_critiques_each_distinct_text_once(tiny_dirs):
+    """Duplicated rollouts: one critique per distinct text, and each rollout gets its own text's verdict."""
+    from types import SimpleNamespace
+
+    class Echo:  # in place of the sampler: the critique is a function of the prompt's ids
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, ids, params, generator):
+            self.prompts += ids
+            return [SimpleNamespace(text=f"\\boxed{{{sum(x) % 3 - 1}}}") for x in ids]
+
+    det = FlawDetector(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
+    det.sampler = Echo()
+    row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
+    responses = ["so \\boxed{2}", "\\boxed{2}", "so \\boxed{2}", "it is \\boxed{2}", "\\boxed{2}", "A \\boxed{2}"]
+    flawed, invalid = det([row] * len(responses), responses)
+    ids = [det.tok.encode(det.prompt(row, r), add_special_tokens=False) for r in responses]
+    assert len(det.sampler.prompts) == det.critiqued == 4 and invalid == 0
+    assert flawed == [sum(x) % 3 - 1 != -1 for x in ids] and len(set(flawed)) == 2
+
 # ---------------------------------------------------------------- the recipes' dry runs
 
 def test_genrm_recipe_dry_run(tmp_path):
