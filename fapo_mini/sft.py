@@ -10,7 +10,11 @@ short supervised run on teacher traces; this file is that run, reused for both.
 Rows of the jsonl file: {"prompt": str, "completion": str}. The loss covers the
 completion tokens and the EOS after them, never the prompt (mean over those tokens).
 Runs on the GPU when there is one (bf16 autocast, fp32 weights and AdamW), else the CPU.
-Simplified away: one process only (the toy runs take minutes), no resume.
+Under torchrun it is data-parallel (DDP): every rank draws the same batch from the same
+seed and trains on its share (rows rank, rank + W, ...), with the loss normalised by the
+whole batch's completion tokens, so W ranks take the steps one process would, up to float
+rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread beat 1 process x 2
+threads (docs/toyworld.md). Simplified away: no resume.
 """
 import argparse
 import json
@@ -23,7 +27,9 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from fapo_mini import dist, parallel
 from fapo_mini.data import load_rows, validate_rows
+from fapo_mini.dist import all_reduce_sum
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
 from fapo_mini.preflight import check_output
@@ -77,15 +83,24 @@ def pack(examples, device="cpu"):
     return t(ids), t(pos), cu, max(lens), t(tgt), t(mask, torch.float32)
 
 
-def sft_loss(model, batch):
+def sft_loss(model, batch, n_tokens=None):
+    """Summed NLL over the batch's completion tokens / n_tokens (default: their count, a mean).
+    `model` may be DDP-wrapped."""
     ids, pos, cu, max_len, tgt, mask = batch
-    logp = model.token_logprobs(model(ids, pos, cu, max_len), tgt)         # (T,)
-    return -(logp * mask).sum() / mask.sum()                                 # mean NLL over completion tokens
+    hidden = model(ids, pos, cu, max_len)
+    logp = getattr(model, "module", model).token_logprobs(hidden, tgt)      # (T,)
+    return -(logp * mask).sum() / (mask.sum() if n_tokens is None else n_tokens)
 
 
-def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None):
-    """AdamW, linear warm-up then cosine decay to 10% of lr. Returns the loss per step."""
-    rng = random.Random(seed)
+def completion_tokens(examples) -> int:
+    """Tokens the loss covers: each completion and its EOS (pack's loss_mask ones)."""
+    return sum(len(c) for _, c in examples)
+
+
+def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None, rank=0, world_size=1):
+    """AdamW, linear warm-up then cosine decay to 10% of lr. Returns the loss per step (the whole
+    batch's mean). With world_size > 1, `model` is DDP-wrapped and this rank trains on its rows."""
+    rng = random.Random(seed)                                # the same stream on every rank: the same batches
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     n_warm = max(1, int(warmup * steps))
 
@@ -100,14 +115,19 @@ def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None)
     losses = []
     bar = tqdm(range(steps), desc="sft", disable=log is None)
     for step in bar:
+        batch = rng.sample(examples, min(batch_size, len(examples)))
+        mine = batch[rank::world_size]
+        if not mine:
+            raise UserError(f"--batch-size {batch_size} gives rank {rank} of {world_size} no rows")
         with ac:
-            loss = sft_loss(model, pack(rng.sample(examples, min(batch_size, len(examples))), device))
+            # DDP averages gradients over ranks: x world_size turns that back into the batch's sum
+            loss = sft_loss(model, pack(mine, device), completion_tokens(batch)) * world_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(all_reduce_sum(loss.detach().double() / world_size).item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if log is not None:
             log.write(json.dumps({"step": step, "loss": losses[-1], "lr": sched.get_last_lr()[0]}) + "\n")
@@ -141,18 +161,29 @@ def main():
     if args.model:
         load_config(args.model)       # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.tokenizer or args.model)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = (load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)).to(device)
+    info = dist.setup()
+    model = (load_model(args.model) if args.model else new_model(args.new_model, tok, args.seed)).to(info.device)
+    trained = parallel.wrap(model, info, fsdp=False)        # DDP under torchrun, else the model itself
     examples = tokenize_pairs([(r["prompt"], r["completion"]) for r in rows], tok)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps on {device}")
+    dist.print0(f"sft: {len(examples)} examples, {n_params / 1e6:.2f}M parameters, {args.steps} steps on "
+                f"{info.world_size} x {info.device.type}")
     t0 = time.time()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "sft_log.jsonl"), "w") as log:
-        losses = train(model, examples, args.steps, args.batch_size, args.lr, args.seed, log=log)
-    save_model(model, args.out, tok)
-    print(json.dumps({"final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - t0, 1)}))
-
+    log = None
+    if info.is_main:
+        os.makedirs(args.out, exist_ok=True)
+        log = open(os.path.join(args.out, "sft_log.jsonl"), "w")
+    try:
+        losses = train(trained, examples, args.steps, args.batch_size, args.lr, args.seed, log=log,
+                       rank=info.rank, world_size=info.world_size)
+    finally:
+        if log is not None:
+            log.close()
+    if info.is_main:
+        save_model(model, args.out, tok)
+        print(json.dumps({"final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - t0, 1)}))
+    dist.barrier()
+    dist.cleanup()
 
 if __name__ == "__main__":
     cli(main)
