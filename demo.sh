@@ -7,15 +7,17 @@
 #                             the strict arm (lam 2) and the GenRM's outcome-reward ablation
 #   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
-#   MKL_CBWR=COMPATIBLE ./demo.sh --out runs/demo-mkl-compatible
-#                             the same run with MKL's matrix products on another code path: other float
-#                             rounding, as on another CPU (the "two machines" check, docs/results.md)
+#   DEMO_SFT_RANKS=1 ./demo.sh --out runs/demo-sft1
+#                             the same run with both warm starts as one process of two threads instead of
+#                             two ranks of one: the same batches, other float sums, so other weights, as
+#                             on another CPU (the "two machines" check, docs/results.md)
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
 # interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS sets the torch
-# thread count of the one-process stages (default: torch's own, one per core); the RL
-# stages always run 2 ranks of one thread each.
+# thread count of the one-process stages (sampling and evaluation; default: torch's own, one
+# per core); the training stages (both warm starts, GenRM RL, policy RL) run 2 ranks of one
+# thread each (DEMO_SFT_RANKS sets the warm starts' ranks, default 2).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,6 +34,8 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+SFT_RANKS="${DEMO_SFT_RANKS:-2}"
+[[ "$SFT_RANKS" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_SFT_RANKS needs a whole number >= 1, got '$SFT_RANKS'"; exit 2; }
 ARMS="grpo fapo fapo_oracle"; GENRM_REWARDS="step"
 [ "$FULL" = 1 ] && { ARMS="$ARMS strict"; GENRM_REWARDS="step outcome"; }
 if [ -z "${PYTHON:-}" ]; then
@@ -41,6 +45,8 @@ fi
 [ -n "${DEMO_THREADS:-}" ] && export OMP_NUM_THREADS="$DEMO_THREADS"
 PY="$PYTHON"
 TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"   # 2 ranks x 1 thread
+SFT="$PY -m fapo_mini.sft"                                                            # 1 process, torch's threads
+[ "$SFT_RANKS" -gt 1 ] && SFT="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=$SFT_RANKS -m fapo_mini.sft"
 
 # sizes: the default run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
@@ -48,7 +54,7 @@ if [ "$QUICK" = 1 ]; then
   GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_EVAL=40; N_HARD=40; FILL=50
 else
   N_SFT=20000; MODEL=d128-l4; SFT_STEPS=400; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
-  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=20; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
+  GENRM_RL_STEPS=8; GENRM_PPS=8; RL_STEPS=20; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
@@ -64,7 +70,7 @@ stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PR
   --n-test $N_EVAL --n-hard $N_HARD --n-shift $N_EVAL
 
 # 2. policy warm start on the flawed teacher: short on purpose, so RL starts weak (test accuracy ~0.45, docs/toyworld.md)
-stage policy_sft $PY -m fapo_mini.sft --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
+stage policy_sft $SFT --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/policy_sft"
 
 # 3. GenRM data as the paper made it: sample the policy, keep correct rollouts, label by the oracle, balance
@@ -75,7 +81,7 @@ stage genrm_data $PY -m fapo_mini.toycritic --rollouts "$OUT/genrm_data/rollouts
 
 # 4. GenRM warm start (from the policy's weights: it already reads the world), then RL with the step-wise
 #    reward and, as the ablation (--full), the outcome-only reward; same steps and seed
-stage genrm_sft $PY -m fapo_mini.sft --data "$OUT/genrm_data/sft_genrm.jsonl" --model "$OUT/policy_sft" \
+stage genrm_sft $SFT --data "$OUT/genrm_data/sft_genrm.jsonl" --model "$OUT/policy_sft" \
   --steps $GENRM_SFT_STEPS --batch-size $GENRM_BATCH --lr 1e-3 --out "$OUT/genrm_sft"
 for reward in $GENRM_REWARDS; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \

@@ -58,7 +58,7 @@ def machine() -> dict:
                 if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "dirty": bool(git("status", "--porcelain")),
             "cpu": cpu, "cpus": os.cpu_count(),
-            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DEMO_THREADS")}}
+            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DEMO_THREADS", "DEMO_SFT_RANKS")}}
 
 
 def collect(out: Path) -> dict:

@@ -60,8 +60,11 @@ def test_demo_quick(tmp_path):
 
 
 def test_demo_rejects_a_bad_seed_count():
-    """--seeds takes a whole number; anything else is one line and status 2, before any work."""
+    """--seeds and DEMO_SFT_RANKS take a whole number; anything else is one line and status 2, before any work."""
     for bad in ("x", "0", "-1"):
         proc = subprocess.run(["bash", str(ROOT / "demo.sh"), "--seeds", bad], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 2 and proc.stdout.strip() == f"error: --seeds needs a whole number >= 1, got '{bad}'"
+        proc = subprocess.run(["bash", str(ROOT / "demo.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DEMO_SFT_RANKS": bad})
+        assert proc.returncode == 2 and proc.stdout.strip() == f"error: DEMO_SFT_RANKS needs a whole number >= 1, got '{bad}'"
