@@ -13,8 +13,9 @@ Runs on the GPU when there is one (bf16 autocast, fp32 weights and AdamW), else 
 Under torchrun it is data-parallel (DDP): every rank draws the same batch from the same
 seed and trains on its share (rows rank, rank + W, ...), with the loss normalised by the
 whole batch's completion tokens, so W ranks take the steps one process would, up to float
-rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread beat 1 process x 2
-threads (docs/toyworld.md). Simplified away: no resume.
+rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread are ~10% faster than 1
+process x 2 threads; the demo still uses one process, because the toy warm start's result
+is sensitive to that rounding (docs/toyworld.md). Simplified away: no resume.
 """
 import argparse
 import json
@@ -113,12 +114,12 @@ def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None,
     ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.train()
     losses = []
+    if min(batch_size, len(examples)) < world_size:
+        raise UserError(f"a batch of {min(batch_size, len(examples))} rows cannot feed {world_size} ranks")
     bar = tqdm(range(steps), desc="sft", disable=log is None)
     for step in bar:
         batch = rng.sample(examples, min(batch_size, len(examples)))
         mine = batch[rank::world_size]
-        if not mine:
-            raise UserError(f"--batch-size {batch_size} gives rank {rank} of {world_size} no rows")
         with ac:
             # DDP averages gradients over ranks: x world_size turns that back into the batch's sum
             loss = sft_loss(model, pack(mine, device), completion_tokens(batch)) * world_size

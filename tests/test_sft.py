@@ -10,10 +10,12 @@ turns rounding of a gradient near 0 into up to lr of difference).
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from fapo_mini import dist, parallel, sft
+from fapo_mini.errors import UserError
 from fapo_mini.toyworld import make_tokenizer
 from test_rl import free_port
 
@@ -71,3 +73,9 @@ def test_two_ranks_take_the_one_process_steps(tmp_path):
         for k, v in model.named_parameters():
             torch.testing.assert_close(rank_params[k], v.detach(), atol=1e-5, rtol=0)
     assert losses[-1] < losses[0]                      # the steps did something
+
+
+def test_a_batch_smaller_than_the_ranks_is_a_user_error():
+    model = sft.new_model("d64-l2", make_tokenizer(), seed=3)
+    with pytest.raises(UserError, match="a batch of 1 rows cannot feed 2 ranks"):
+        sft.train(model, examples(), 1, 1, 1e-3, rank=0, world_size=2)
