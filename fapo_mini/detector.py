@@ -64,7 +64,8 @@ class FlawDetector:
         unique = list(dict.fromkeys(texts)) if greedy else texts
         ids = [self.tok.encode(t, add_special_tokens=False) for t in unique]
         self.critiqued += len(ids)
-        out = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
-        of_text = dict(zip(unique, out))
-        verdicts = [of_text[t] for t in texts] if greedy else out
+        verdicts = [policy_verdict(s.text) for s in self.sampler.generate(ids, self.params, self.generator)]
+        if greedy:                                           # back from distinct texts to rollouts
+            of_text = dict(zip(unique, verdicts))
+            verdicts = [of_text[t] for t in texts]
         return [v is not None and v != NO_ERROR for v in verdicts], sum(v is None for v in verdicts)
