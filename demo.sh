@@ -83,7 +83,7 @@ stage genrm_data $PY -m fapo_mini.toycritic --rollouts "$OUT/genrm_data/rollouts
 # 4. GenRM warm start (from the policy's weights: it already reads the world), then RL with the step-wise
 #    reward and, as the ablation (--full), the outcome-only reward; same steps and seed
 stage genrm_sft $SFT --data "$OUT/genrm_data/sft_genrm.jsonl" --model "$OUT/policy_sft" \
-  --steps $GENRM_SFT_STEPS --batch-size $GENRM_BATCH --lr 1e-3 --out "$OUT/genrm_sft"
+  --steps $GENRM_SFT_STEPS --batch-size $GENRM_BATCH --lr 2e-3 --out "$OUT/genrm_sft"
 for reward in $GENRM_REWARDS; do
   stage genrm_rl $TORCHRUN train_genrm.py --model "$OUT/genrm_sft" \
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
