@@ -7,17 +7,17 @@
 #                             the strict arm (lam 2) and the GenRM's outcome-reward ablation
 #   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
-#   DEMO_SFT_RANKS=2 ./demo.sh --out runs/demo-sft2
-#                             the same run with both warm starts as two ranks of one thread instead of one
-#                             process of two: the same batches, other float sums, so other weights, as on
+#   DEMO_SFT_RANKS=1 ./demo.sh --out runs/demo-sft1
+#                             the same run with both warm starts as one process of two threads instead of
+#                             two ranks of one: the same batches, other float sums, so other weights, as on
 #                             another CPU (the "two machines" check, docs/results.md)
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
 # interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS sets the torch
 # thread count of the one-process stages (sampling and evaluation; default: torch's own, one
-# per core) and of both warm starts (one process; DEMO_SFT_RANKS=N runs them as N ranks of
-# one thread); GenRM RL and policy RL run 2 ranks of one thread each.
+# per core). Both warm starts run as DEMO_SFT_RANKS ranks of one thread (default 2; 1 = one
+# process with DEMO_THREADS threads); GenRM RL and policy RL run 2 ranks of one thread each.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-SFT_RANKS="${DEMO_SFT_RANKS:-1}"
+SFT_RANKS="${DEMO_SFT_RANKS:-2}"
 [[ "$SFT_RANKS" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_SFT_RANKS needs a whole number >= 1, got '$SFT_RANKS'"; exit 2; }
 ARMS="grpo fapo fapo_oracle"; GENRM_REWARDS="step"
 [ "$FULL" = 1 ] && { ARMS="$ARMS strict"; GENRM_REWARDS="step outcome"; }
@@ -45,7 +45,7 @@ fi
 [ -n "${DEMO_THREADS:-}" ] && export OMP_NUM_THREADS="$DEMO_THREADS"
 PY="$PYTHON"
 TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"   # 2 ranks x 1 thread
-SFT="$PY -m fapo_mini.sft"                                                            # 1 process, torch's threads
+SFT="$PY -m fapo_mini.sft"                                                            # DEMO_SFT_RANKS=1: 1 process
 [ "$SFT_RANKS" -gt 1 ] && SFT="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=$SFT_RANKS -m fapo_mini.sft"
 
 # sizes: the default run, or toy sizes that only prove the chain works
@@ -53,7 +53,7 @@ if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
   GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_EVAL=40; N_HARD=40; FILL=50
 else
-  N_SFT=20000; MODEL=d128-l4; SFT_STEPS=500; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
+  N_SFT=20000; MODEL=d96-l4; SFT_STEPS=500; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
   GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=20; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
