@@ -14,8 +14,8 @@ Under torchrun it is data-parallel (DDP): every rank draws the same batch from t
 seed and trains on its share (rows rank, rank + W, ...), with the loss normalised by the
 whole batch's completion tokens, so W ranks take the steps one process would, up to float
 rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread are ~10% faster than 1
-process x 2 threads; the demo keeps one process (the path its results were measured on), and
-`DEMO_SFT_RANKS=2` is its rounding check (docs/toyworld.md). Simplified away: no resume.
+process x 2 threads, so the demo runs both warm starts that way; `DEMO_SFT_RANKS=1` (one
+process) is its rounding check (docs/results.md). Simplified away: no resume.
 """
 import argparse
 import json
