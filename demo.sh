@@ -14,10 +14,11 @@
 #
 # Every line below is a command a user could type. Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
-# interpreter; otherwise .venv is made from requirements.txt. DEMO_THREADS sets the torch
-# thread count of the one-process stages (sampling and evaluation; default: torch's own, one
-# per core). Both warm starts run as DEMO_SFT_RANKS ranks of one thread (default 2; 1 = one
-# process with DEMO_THREADS threads); GenRM RL and policy RL run 2 ranks of one thread each.
+# interpreter; otherwise .venv is made from requirements.txt. Both warm starts run as
+# DEMO_SFT_RANKS ranks of one thread (default 2; 1 = one process of DEMO_THREADS threads, default
+# torch's own, one per core) and GenRM RL as 2 ranks of one thread. The policy RL runs and the
+# evaluations are one-thread processes, DEMO_LANES of them side by side (default: one per core);
+# each has its own seed, so its numbers do not depend on DEMO_LANES.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,6 +37,8 @@ while [ $# -gt 0 ]; do
 done
 SFT_RANKS="${DEMO_SFT_RANKS:-2}"
 [[ "$SFT_RANKS" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_SFT_RANKS needs a whole number >= 1, got '$SFT_RANKS'"; exit 2; }
+LANES="${DEMO_LANES:-$(nproc)}"
+[[ "$LANES" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_LANES needs a whole number >= 1, got '$LANES'"; exit 2; }
 ARMS="grpo fapo fapo_oracle"; GENRM_REWARDS="step"
 [ "$FULL" = 1 ] && { ARMS="$ARMS strict"; GENRM_REWARDS="step outcome"; }
 if [ -z "${PYTHON:-}" ]; then
@@ -44,6 +47,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 [ -n "${DEMO_THREADS:-}" ] && export OMP_NUM_THREADS="$DEMO_THREADS"
 PY="$PYTHON"
+ONE="env OMP_NUM_THREADS=1 $PY"                                                       # 1 process x 1 thread
 TORCHRUN="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=2"   # 2 ranks x 1 thread
 SFT="$PY -m fapo_mini.sft"                                                            # DEMO_SFT_RANKS=1: 1 process
 [ "$SFT_RANKS" -gt 1 ] && SFT="env OMP_NUM_THREADS=1 $PY -m torch.distributed.run --nproc_per_node=$SFT_RANKS -m fapo_mini.sft"
@@ -92,30 +96,63 @@ done
 GENRM=$(last_ckpt "$OUT/genrm_rl_step")
 GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 [ "$FULL" = 1 ] && GENRMS="$GENRMS rl_outcome:$(last_ckpt "$OUT/genrm_rl_outcome")"
-for name in $GENRMS; do
-  stage genrm_eval $PY rollout.py --model "${name#*:}" --data "$OUT/genrm_data/critic_test.jsonl" --n 1 \
-    --temperature 0 --max-new-tokens 160 --batch-size 256 --out "$OUT/eval/genrm_${name%%:*}.jsonl" | tail -1 \
-    > "$OUT/eval/genrm_${name%%:*}.json"
-done
 
-# 5. the warm start on the held-out splits (temperature 1, the oracle judges flaws)
-EVAL="$PY -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval --temperature 1.0 --max-new-tokens 64"
-stage eval $EVAL warm_start="$OUT/policy_sft"
-
-# 6. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle,
-#    and (--full) strict, where a flawed positive scores like a wrong answer; each seed's final
-#    policies are then evaluated like the warm start, so a stopped run keeps the seeds it finished
+# 5. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle,
+#    and (--full) strict, where a flawed positive scores like a wrong answer. Each (arm, seed) run is one
+#    process of one thread, LANES of them side by side: on two cores that finishes a 15-step run in ~2/3
+#    of the wall time of one two-rank torchrun run after another, whose start-up is a third of the run
+#    (docs/toyworld.md). Each run's final policy is evaluated on the held-out splits (temperature 1,
+#    the oracle judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo
+#    keeps the runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
+#    saves its step and exits.
 declare -A FLAGS=([grpo]="--lam 0 --judge none" [fapo]="--lam 1 --judge genrm --genrm $GENRM"
                   [fapo_oracle]="--lam 1 --judge oracle" [strict]="--lam 2 --judge oracle")
+EVAL="$ONE -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval --temperature 1.0 --max-new-tokens 64"
+mkdir -p "$OUT/logs"
+timed() {  # timed NAME LOG command...: run it, its stderr to LOG, and add its seconds to OUT/jobs.tsv
+  local name=$1 log=$2 t0=$EPOCHREALTIME; shift 2
+  echo "\$ $*" >> "$log"                              # the command, as a user would type it
+  "$@" 2>> "$log" || { echo "error: $name failed; the end of $log:" >&2; tail -5 "$log" >&2; return 1; }
+  awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$OUT/jobs.tsv"
+}
+genrm_eval() {  # genrm_eval NAME MODEL: the GenRM's verdicts on held-out critic rows, greedy
+  timed genrm_eval "$OUT/logs/genrm_eval_$1.log" $ONE rollout.py --model "$2" --data "$OUT/genrm_data/critic_test.jsonl" \
+    --n 1 --temperature 0 --max-new-tokens 160 --batch-size 256 --out "$OUT/eval/genrm_$1.jsonl" \
+    > "$OUT/logs/genrm_eval_$1.out" && tail -1 "$OUT/logs/genrm_eval_$1.out" > "$OUT/eval/genrm_$1.json"
+}
+rl_run() {  # rl_run ARM SEED: train, then evaluate the final policy unless the run was stopped first
+  local arm=$1 seed=$2 run="$OUT/rl/$1_s$2" log="$OUT/logs/$1_s$2.log"
+  echo "== rl_$arm seed $seed: log in $log" >&2
+  timed rl_$arm "$log" $ONE train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" --out "$run" \
+    ${FLAGS[$arm]} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 \
+    --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160 >> "$log"
+  [ -d "$run/ckpt/step_$(printf %08d $RL_STEPS)" ] || { echo "rl_$arm seed $seed stopped before step $RL_STEPS" >&2; return 0; }
+  timed eval "$log" $EVAL "${arm}_s$seed=$(last_ckpt "$run")"
+}
+running=0
+stop_jobs() {  # stop_jobs STATUS: SIGTERM to every running job's process group, wait until each is gone, exit.
+  trap '' INT TERM   # A job's shell ends at once (no evaluation follows); its RL run finishes its step and saves
+  local groups=$(jobs -p) pgid
+  for pgid in $groups; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  for pgid in $groups; do while kill -0 -- "-$pgid" 2>/dev/null; do sleep 0.2; done; done
+  exit "$1"
+}
+lane() {  # lane FUNCTION ARGS...: run it in the background as soon as fewer than LANES jobs run
+  if [ "$running" -ge "$LANES" ]; then wait -n || stop_jobs 1; running=$((running - 1)); fi
+  "$@" &
+  running=$((running + 1))
+}
+trap 'echo "demo: stopping; each RL run saves its step" >&2; stop_jobs 130' INT TERM
+set -m                                               # each job in its own process group: a stop reaches it once
+N_RUNS=$(( $(wc -w <<< "$ARMS") * SEEDS ))
+echo "== rl_and_eval: $N_RUNS RL runs ($ARMS x $SEEDS seeds) and the evaluations, $LANES side by side; logs in $OUT/logs" >&2
+t0=$EPOCHREALTIME
+for name in $GENRMS; do lane genrm_eval "${name%%:*}" "${name#*:}"; done
+lane timed eval "$OUT/logs/eval_warm_start.log" $EVAL warm_start="$OUT/policy_sft"
 for seed in $(seq 1 $SEEDS); do
-  models=()
-  for arm in $ARMS; do
-    run="$OUT/rl/${arm}_s$seed"
-    stage rl_$arm $TORCHRUN train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" \
-      --out "$run" ${FLAGS[$arm]} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 \
-      --max-new-tokens 64 --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160
-    models+=("$(basename "$run")=$(last_ckpt "$run")")
-  done
-  stage eval $EVAL "${models[@]}"
+  for arm in $ARMS; do lane rl_run $arm $seed; done
 done
+while [ "$running" -gt 0 ]; do wait -n || stop_jobs 1; running=$((running - 1)); done
+set +m; trap - INT TERM
+awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "rl_and_eval\t%.1f\n", b - a }' >> "$OUT/times.tsv"
 $PY -m fapo_mini.report --out "$OUT"

@@ -12,7 +12,8 @@ Layout it reads (written by demo.sh):
     OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
     OUT/eval/warm_start_<split>.json        the same for the policy warm start
     OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
-    OUT/times.tsv                           stage <tab> seconds
+    OUT/times.tsv                           stage <tab> wall seconds, one stage after another
+    OUT/jobs.tsv                            job <tab> seconds, for the jobs the last stage ran side by side
 """
 import argparse
 import json
@@ -58,11 +59,12 @@ def machine() -> dict:
                 if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
     return {"commit": git("rev-parse", "--short", "HEAD") or None, "dirty": bool(git("status", "--porcelain")),
             "cpu": cpu, "cpus": os.cpu_count(),
-            **{k.lower(): os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DEMO_THREADS", "DEMO_SFT_RANKS")}}
+            **{k.lower(): os.environ.get(k)
+               for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DEMO_THREADS", "DEMO_SFT_RANKS", "DEMO_LANES")}}
 
 
 def collect(out: Path) -> dict:
-    res = {"arms": {}, "warm_start": {}, "genrm": {}, "stage_seconds": {}, "machine": machine()}
+    res = {"arms": {}, "warm_start": {}, "genrm": {}, "stage_seconds": {}, "job_seconds": {}, "machine": machine()}
     for f in sorted((out / "eval").glob("*.json")):
         summary = json.loads(f.read_text().strip().splitlines()[-1])
         m = re.fullmatch(r"(.+)_s(\d+)_(" + "|".join(SPLITS) + ")", f.stem)
@@ -91,6 +93,10 @@ def collect(out: Path) -> dict:
             name, sec = line.split("\t")
             res["stage_seconds"][name] = res["stage_seconds"].get(name, 0.0) + float(sec)
         res["total_seconds"] = sum(res["stage_seconds"].values())
+    if (out / "jobs.tsv").exists():              # summed per kind; jobs side by side add up to more than the wall time
+        for line in (out / "jobs.tsv").read_text().splitlines():
+            name, sec = line.split("\t")
+            res["job_seconds"][name] = res["job_seconds"].get(name, 0.0) + float(sec)
     return res
 
 
@@ -152,6 +158,9 @@ def table(res: dict) -> str:
     if res.get("total_seconds"):
         rows += ["", "wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["stage_seconds"].items())
                  + f"; total {res['total_seconds'] / 60:.1f} min"]
+    if res.get("job_seconds"):
+        rows += ["", "of which side by side (seconds per kind of job, summed): "
+                 + ", ".join(f"{k} {v:.0f}s" for k, v in res["job_seconds"].items())]
     return "\n".join(rows)
 
 

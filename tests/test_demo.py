@@ -53,14 +53,18 @@ def test_demo_quick(tmp_path):
     for name in ("sft", "rl_step", "rl_outcome"):
         g = res["genrm"][name]
         assert 0.0 <= g["valid"] <= 1.0 and math.isfinite(g["fp_f1"])
-    stages = res["stage_seconds"]
-    assert {"data", "policy_sft", "genrm_sft", "genrm_rl", "eval"} | {f"rl_{a}" for a in ARMS} <= set(stages)
+    stages, jobs = res["stage_seconds"], res["job_seconds"]   # wall time, one after another; jobs side by side
+    assert {"data", "policy_sft", "genrm_data", "genrm_sft", "genrm_rl", "rl_and_eval"} == set(stages)
     assert abs(res["total_seconds"] - sum(stages.values())) < 1e-6
+    assert {"eval", "genrm_eval"} | {f"rl_{a}" for a in ARMS} == set(jobs)
+    logged = [l.split("\t") for l in (out / "jobs.tsv").read_text().splitlines()]
+    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS])
     assert res["machine"]["cpus"] == os.cpu_count()
 
 
 def test_demo_rejects_a_bad_seed_count():
-    """--seeds and DEMO_SFT_RANKS take a whole number; anything else is one line and status 2, before any work."""
+    """--seeds, DEMO_SFT_RANKS and DEMO_LANES take a whole number; anything else is one line and status 2,
+    before any work."""
     for bad in ("x", "0", "-1"):
         proc = subprocess.run(["bash", str(ROOT / "demo.sh"), "--seeds", bad], cwd=ROOT, capture_output=True,
                               text=True, timeout=60)
@@ -68,3 +72,6 @@ def test_demo_rejects_a_bad_seed_count():
         proc = subprocess.run(["bash", str(ROOT / "demo.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "DEMO_SFT_RANKS": bad})
         assert proc.returncode == 2 and proc.stdout.strip() == f"error: DEMO_SFT_RANKS needs a whole number >= 1, got '{bad}'"
+        proc = subprocess.run(["bash", str(ROOT / "demo.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "DEMO_LANES": bad})
+        assert proc.returncode == 2 and proc.stdout.strip() == f"error: DEMO_LANES needs a whole number >= 1, got '{bad}'"
