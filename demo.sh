@@ -12,7 +12,8 @@
 #                             two ranks of one: the same batches, other float sums, so other weights, as on
 #                             another CPU (the "two machines" check, docs/results.md)
 #
-# Every line below is a command a user could type. Results: OUT/results.json,
+# Every command it runs is one a user could type (step 5's are the first line of each job's log in
+# OUT/logs/). Results: OUT/results.json,
 # OUT/curves.png, and markdown tables at the end. Set PYTHON to use an existing
 # interpreter; otherwise .venv is made from requirements.txt. Both warm starts run as
 # DEMO_SFT_RANKS ranks of one thread (default 2; 1 = one process of DEMO_THREADS threads, default
@@ -99,9 +100,9 @@ GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 
 # 5. policy RL from the same warm start and seeds: GRPO, FAPO with the GenRM, FAPO with the oracle,
 #    and (--full) strict, where a flawed positive scores like a wrong answer. Each (arm, seed) run is one
-#    process of one thread, LANES of them side by side: on two cores that finishes a 15-step run in ~2/3
-#    of the wall time of one two-rank torchrun run after another, whose start-up is a third of the run
-#    (docs/toyworld.md). Each run's final policy is evaluated on the held-out splits (temperature 1,
+#    process of one thread, LANES of them side by side: on two cores, two such runs take about 2/3 of
+#    the wall time of two 2-rank torchrun runs one after the other, which spend a third of theirs
+#    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the held-out splits (temperature 1,
 #    the oracle judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo
 #    keeps the runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
 #    saves its step and exits.

@@ -1,7 +1,7 @@
 """./demo.sh --quick: the whole toy-world chain end to end at toy sizes (about two minutes).
 
-It proves the chain works (data -> warm starts -> GenRM RL -> four policy arms under
-torchrun -> held-out evaluation -> report), not that FAPO wins: that needs the default
+It proves the chain works (data -> warm starts and GenRM RL under torchrun -> four policy
+arms side by side -> held-out evaluation -> report), not that FAPO wins: that needs the default
 run's budget and is reported in docs/results.md. Numbers are checked against the files
 they were computed from (the evaluation rows, the metrics lines), so the report cannot
 drift from the runs.
