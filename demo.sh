@@ -62,11 +62,14 @@ else
   GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=15; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
+record() {  # record FILE NAME T0: append "NAME <tab> seconds since T0" to FILE
+  awk -v n="$2" -v a="$3" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$1"
+}
 stage() {  # stage NAME command...: run it and record its wall time in OUT/times.tsv
   local name=$1 t0=$EPOCHREALTIME; shift
   echo "== $name: $*" >&2
   "$@"
-  awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$OUT/times.tsv"
+  record "$OUT/times.tsv" "$name" "$t0"
 }
 last_ckpt() { echo "$1/ckpt/$(ls "$1/ckpt" | tail -1)/model"; }
 
@@ -114,7 +117,7 @@ timed() {  # timed NAME LOG command...: run it, its stderr to LOG, and add its s
   local name=$1 log=$2 t0=$EPOCHREALTIME; shift 2
   echo "\$ $*" >> "$log"                              # the command, as a user would type it
   "$@" 2>> "$log" || { echo "error: $name failed; the end of $log:" >&2; tail -5 "$log" >&2; return 1; }
-  awk -v n="$name" -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%s\t%.1f\n", n, b - a }' >> "$OUT/jobs.tsv"
+  record "$OUT/jobs.tsv" "$name" "$t0"
 }
 genrm_eval() {  # genrm_eval NAME MODEL: the GenRM's verdicts on held-out critic rows, greedy
   timed genrm_eval "$OUT/logs/genrm_eval_$1.log" $ONE rollout.py --model "$2" --data "$OUT/genrm_data/critic_test.jsonl" \
@@ -155,5 +158,5 @@ for seed in $(seq 1 $SEEDS); do
 done
 while [ "$running" -gt 0 ]; do wait -n || stop_jobs 1; running=$((running - 1)); done
 set +m; trap - INT TERM
-awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "rl_and_eval\t%.1f\n", b - a }' >> "$OUT/times.tsv"
+record "$OUT/times.tsv" rl_and_eval "$t0"
 $PY -m fapo_mini.report --out "$OUT"

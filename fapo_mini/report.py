@@ -48,6 +48,15 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def seconds(path: Path) -> dict:
+    """NAME <tab> seconds lines (demo.sh's `record`), summed per name; {} when the file is absent."""
+    total = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        name, sec = line.split("\t")
+        total[name] = total.get(name, 0.0) + float(sec)
+    return total
+
+
 def machine() -> dict:
     """Where the run happened: the commit, the CPU model, and the env that changes kernels or threads."""
     def git(*a):
@@ -64,7 +73,7 @@ def machine() -> dict:
 
 
 def collect(out: Path) -> dict:
-    res = {"arms": {}, "warm_start": {}, "genrm": {}, "stage_seconds": {}, "job_seconds": {}, "machine": machine()}
+    res = {"arms": {}, "warm_start": {}, "genrm": {}, "machine": machine()}
     for f in sorted((out / "eval").glob("*.json")):
         summary = json.loads(f.read_text().strip().splitlines()[-1])
         m = re.fullmatch(r"(.+)_s(\d+)_(" + "|".join(SPLITS) + ")", f.stem)
@@ -88,15 +97,10 @@ def collect(out: Path) -> dict:
         a["early_accuracy"], a["per_seed_early_accuracy"], a["spread_early_accuracy"] = mean(early), early, spread(early)
         a["seeds"] = seeds
         a["per_seed"] = {str(s): v for s, v in a["per_seed"].items()}
-    if (out / "times.tsv").exists():
-        for line in (out / "times.tsv").read_text().splitlines():
-            name, sec = line.split("\t")
-            res["stage_seconds"][name] = res["stage_seconds"].get(name, 0.0) + float(sec)
+    res["stage_seconds"] = seconds(out / "times.tsv")
+    if res["stage_seconds"]:
         res["total_seconds"] = sum(res["stage_seconds"].values())
-    if (out / "jobs.tsv").exists():              # summed per kind; jobs side by side add up to more than the wall time
-        for line in (out / "jobs.tsv").read_text().splitlines():
-            name, sec = line.split("\t")
-            res["job_seconds"][name] = res["job_seconds"].get(name, 0.0) + float(sec)
+    res["job_seconds"] = seconds(out / "jobs.tsv")    # jobs side by side add up to more than the wall time
     return res
 
 
