@@ -4,7 +4,8 @@
 #   ./demo.sh                 the default run: GRPO, FAPO-GenRM and FAPO-oracle x 3 seeds (docs/results.md
 #                             has its wall time)
 #   ./demo.sh --seeds 5       the robustness run: 5 seeds, and what the default run leaves out for time:
-#                             the strict arm (lam 2) and the GenRM's outcome-reward ablation
+#                             the strict arm (lam 2), the GenRM's outcome-reward ablation and the early
+#                             phase (lam 1 against strict from a weak warm start)
 #   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
 #   DEMO_SFT_RANKS=1 ./demo.sh --out runs/demo-sft1
@@ -56,10 +57,10 @@ SFT="$PY -m fapo_mini.sft"                                                      
 # sizes: the default run, or toy sizes that only prove the chain works
 if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
-  GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_EVAL=40; N_HARD=40; FILL=50
+  GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_EVAL=40; N_HARD=40; FILL=50; WEAK_SFT_STEPS=15; WEAK_RL_STEPS=3
 else
   N_SFT=20000; MODEL=d96-l4; SFT_STEPS=500; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
-  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=15; PPS=12; N_EVAL=250; N_HARD=100; FILL=0
+  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=45; PPS=12; N_EVAL=250; N_HARD=100; FILL=0; WEAK_SFT_STEPS=400; WEAK_RL_STEPS=15
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 record() {  # record FILE NAME T0: append "NAME <tab> seconds since T0" to FILE
@@ -97,6 +98,11 @@ for reward in $GENRM_REWARDS; do
     --data "$OUT/genrm_data/critic_train.jsonl" --reward $reward --out "$OUT/genrm_rl_$reward" \
     --steps $GENRM_RL_STEPS --prompts-per-step $GENRM_PPS --group-size 8 --max-new-tokens 160 --lr 1e-4 --warmup 2
 done
+# 4b. (--full) the early phase needs RL to start where groups have more wrong than right answers: a second,
+#     weak warm start, the same data and recipe with WEAK_SFT_STEPS steps (cosine over that length), whose
+#     right answers are mostly shortcuts (docs/toyworld.md, "The early phase")
+[ "$FULL" = 1 ] && stage weak_sft $SFT --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
+  --new-model $MODEL --steps $WEAK_SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/weak_sft"
 GENRM=$(last_ckpt "$OUT/genrm_rl_step")
 GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 [ "$FULL" = 1 ] && GENRMS="$GENRMS rl_outcome:$(last_ckpt "$OUT/genrm_rl_outcome")"
@@ -124,14 +130,21 @@ genrm_eval() {  # genrm_eval NAME MODEL: the GenRM's verdicts on held-out critic
     --n 1 --temperature 0 --max-new-tokens 160 --batch-size 256 --out "$OUT/eval/genrm_$1.jsonl" \
     > "$OUT/logs/genrm_eval_$1.out" && tail -1 "$OUT/logs/genrm_eval_$1.out" > "$OUT/eval/genrm_$1.json"
 }
+train() {  # train NAME LOG RUN MODEL STEPS ARM SEED: one policy RL run, one process of one thread
+  timed "$1" "$2" $ONE train_policy.py --model "$4" --data "$OUT/data/train.jsonl" --out "$3" \
+    ${FLAGS[$6]} --seed $7 --steps $5 --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 \
+    --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160 >> "$2"
+}
 rl_run() {  # rl_run ARM SEED: train, then evaluate the final policy unless the run was stopped first
   local arm=$1 seed=$2 run="$OUT/rl/$1_s$2" log="$OUT/logs/$1_s$2.log"
   echo "== rl_$arm seed $seed: log in $log" >&2
-  timed rl_$arm "$log" $ONE train_policy.py --model "$OUT/policy_sft" --data "$OUT/data/train.jsonl" --out "$run" \
-    ${FLAGS[$arm]} --seed $seed --steps $RL_STEPS --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 \
-    --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160 >> "$log"
+  train rl_$arm "$log" "$run" "$OUT/policy_sft" $RL_STEPS $arm $seed
   [ -d "$run/ckpt/step_$(printf %08d $RL_STEPS)" ] || { echo "rl_$arm seed $seed stopped before step $RL_STEPS" >&2; return 0; }
   timed eval "$log" $EVAL "${arm}_s$seed=$(last_ckpt "$run")"
+}
+early_run() {  # early_run ARM SEED: RL from the weak warm start; its training accuracy per step is the measure
+  echo "== early_$1 seed $2: log in $OUT/logs/early_$1_s$2.log" >&2
+  train early_$1 "$OUT/logs/early_$1_s$2.log" "$OUT/early/$1_s$2" "$OUT/weak_sft" $WEAK_RL_STEPS $1 $2
 }
 running=0
 stop_jobs() {  # stop_jobs STATUS: SIGTERM to every running job's process group, wait until each is gone, exit.
@@ -148,14 +161,17 @@ lane() {  # lane FUNCTION ARGS...: run it in the background as soon as fewer tha
 }
 trap 'echo "demo: stopping; each RL run saves its step" >&2; stop_jobs 130' INT TERM
 set -m                                               # each job in its own process group: a stop reaches it once
-N_RUNS=$(( $(wc -w <<< "$ARMS") * SEEDS ))
-echo "== rl_and_eval: $N_RUNS RL runs ($ARMS x $SEEDS seeds) and the evaluations, $LANES side by side; logs in $OUT/logs" >&2
+N_RUNS=$(( ($(wc -w <<< "$ARMS") + 2 * FULL) * SEEDS ))
+echo "== rl_and_eval: $N_RUNS RL runs ($ARMS x $SEEDS seeds$([ "$FULL" = 1 ] && echo ", early phase: fapo_oracle strict")) and the evaluations, $LANES side by side; logs in $OUT/logs" >&2
 t0=$EPOCHREALTIME
 for name in $GENRMS; do lane genrm_eval "${name%%:*}" "${name#*:}"; done
 lane timed eval "$OUT/logs/eval_warm_start.log" $EVAL warm_start="$OUT/policy_sft"
 for seed in $(seq 1 $SEEDS); do
   for arm in $ARMS; do lane rl_run $arm $seed; done
 done
+if [ "$FULL" = 1 ]; then
+  for seed in $(seq 1 $SEEDS); do for arm in fapo_oracle strict; do lane early_run $arm $seed; done; done
+fi
 while [ "$running" -gt 0 ]; do wait -n || stop_jobs 1; running=$((running - 1)); done
 set +m; trap - INT TERM
 record "$OUT/times.tsv" rl_and_eval "$t0"

@@ -9,6 +9,7 @@ the curves. It computes no metric of its own.
 
 Layout it reads (written by demo.sh):
     OUT/rl/<arm>_s<seed>/metrics.jsonl      per-step training metrics
+    OUT/early/<arm>_s<seed>/metrics.jsonl   the same for the early-phase runs from the weak warm start (--full)
     OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
     OUT/eval/warm_start_<split>.json        the same for the policy warm start
     OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
@@ -28,9 +29,11 @@ from fapo_mini.errors import UserError, cli
 ARMS = ("grpo", "fapo", "fapo_oracle", "strict")
 LABELS = {"grpo": "GRPO (lam 0)", "fapo": "FAPO (GenRM, lam 1)", "fapo_oracle": "FAPO (oracle, lam 1)",
           "strict": "strict (oracle, lam 2)"}
+COLORS = {"grpo": "C0", "fapo": "C1", "fapo_oracle": "C2", "strict": "C3"}  # one colour per arm in every panel
 SPLITS = ("test", "hard", "shift")
 KEYS = ("accuracy", "fp_ratio", "cue_shortcut", "plain_accuracy")
 EARLY_STEPS = 10  # the early phase: mean training accuracy over RL steps 1..EARLY_STEPS (docs/method.md §5)
+EARLY_ARMS = ("fapo_oracle", "strict")  # lam 1 against lam 2 from the weak warm start, same judge
 
 
 def mean(xs):
@@ -46,6 +49,44 @@ def spread(xs):
 def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def seed_runs(folder: Path, arm: str) -> dict[int, list[dict]]:
+    """{seed: metrics lines} of the runs folder/<arm>_s<seed> that logged a step."""
+    runs = {}
+    for d in folder.glob(f"{arm}_s*") if folder.is_dir() else []:
+        m = re.fullmatch(re.escape(arm) + r"_s(\d+)", d.name)
+        if m and read_metrics(d):
+            runs[int(m.group(1))] = read_metrics(d)
+    return dict(sorted(runs.items()))
+
+
+def early_phase(out: Path) -> dict | None:
+    """The early-phase runs (docs/method.md §5): per arm and seed, training accuracy and the oracle's
+    fp ratio per step, step-1 accuracy and the mean over steps 1..EARLY_STEPS; and, paired by seed
+    (same prompts each step), lam 1 minus strict over those steps."""
+    arms = {}
+    for arm in EARLY_ARMS:
+        per_seed = {s: {"accuracy": [r.get("accuracy") for r in lines], "fp_ratio": [r.get("fp_ratio") for r in lines],
+                        "step1_accuracy": lines[0].get("accuracy"),
+                        "early_accuracy": mean([r.get("accuracy") for r in lines[:EARLY_STEPS]])}
+                    for s, lines in seed_runs(out / "early", arm).items()}
+        if per_seed:
+            a = {"seeds": list(per_seed), "per_seed": {str(s): v for s, v in per_seed.items()}}
+            for key in ("step1_accuracy", "early_accuracy"):
+                vals = [v[key] for v in per_seed.values()]
+                a[key], a["per_seed_" + key], a["spread_" + key] = mean(vals), vals, spread(vals)
+            arms[arm] = a
+    if not arms:
+        return None
+    res = {"arms": arms, "steps": EARLY_STEPS}
+    if len(arms) == 2:
+        lam1, strict = (arms[a]["per_seed"] for a in EARLY_ARMS)
+        seeds = [s for s in lam1 if s in strict]
+        diff = [lam1[s]["early_accuracy"] - strict[s]["early_accuracy"] for s in seeds]
+        res.update(paired_seeds=[int(s) for s in seeds], per_seed_lam1_minus_strict=diff,
+                   lam1_minus_strict=mean(diff), spread_lam1_minus_strict=spread(diff))
+    return res
 
 
 def seconds(path: Path) -> dict:
@@ -97,6 +138,8 @@ def collect(out: Path) -> dict:
         a["early_accuracy"], a["per_seed_early_accuracy"], a["spread_early_accuracy"] = mean(early), early, spread(early)
         a["seeds"] = seeds
         a["per_seed"] = {str(s): v for s, v in a["per_seed"].items()}
+    if (early := early_phase(out)) is not None:
+        res["early_phase"] = early
     res["stage_seconds"] = seconds(out / "times.tsv")
     if res["stage_seconds"]:
         res["total_seconds"] = sum(res["stage_seconds"].values())
@@ -104,26 +147,37 @@ def collect(out: Path) -> dict:
     return res
 
 
+def plot_runs(ax, runs: list[list[dict]], key: str, arm: str):
+    """Mean over runs of `key` against RL step, shaded min..max."""
+    T = min(len(r) for r in runs)
+    steps = [runs[0][t]["step"] for t in range(T)]
+    vals = [[r[t].get(key) if r[t].get(key) is not None else math.nan for r in runs] for t in range(T)]
+    ax.plot(steps, [sum(v) / len(v) for v in vals], label=f"{LABELS.get(arm, arm)}, {len(runs)} seeds", color=COLORS.get(arm))
+    ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15, color=COLORS.get(arm))
+
+
 def curves(out: Path, path: Path):
     """Training-prompt accuracy and the oracle's flawed-positive ratio against RL step; mean over
-    seeds, shaded min..max."""
+    seeds, shaded min..max. With early-phase runs, a third panel: their training accuracy."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    early = {arm: list(seed_runs(out / "early", arm).values()) for arm in EARLY_ARMS}
+    early = {arm: runs for arm, runs in early.items() if runs}
+    fig, axes = plt.subplots(1, 3 if early else 2, figsize=(16 if early else 11, 4))
     for arm in ARMS:
-        runs = [r for r in (read_metrics(d) for d in sorted((out / "rl").glob(f"{arm}_s*"))) if r]
-        if not runs:
-            continue
-        T = min(len(r) for r in runs)
-        steps = [runs[0][t]["step"] for t in range(T)]
-        for ax, key in zip(axes, ("accuracy", "fp_ratio")):
-            vals = [[r[t].get(key) if r[t].get(key) is not None else math.nan for r in runs] for t in range(T)]
-            ax.plot(steps, [sum(v) / len(v) for v in vals], label=f"{LABELS.get(arm, arm)}, {len(runs)} seeds")
-            ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.15)
-    for ax, title in zip(axes, ("accuracy on training prompts", "flawed-positive ratio (oracle)")):
+        runs = list(seed_runs(out / "rl", arm).values())
+        for ax, key in zip(axes, ("accuracy", "fp_ratio")) if runs else ():
+            plot_runs(ax, runs, key, arm)
+    titles = ["accuracy on training prompts", "flawed-positive ratio (oracle)"]
+    for arm, runs in early.items():
+        plot_runs(axes[2], runs, "accuracy", arm)
+    if early:
+        titles.append("early phase: accuracy on training prompts, weak warm start")
+        axes[2].legend(fontsize=8)
+    for ax, title in zip(axes, titles):
         ax.set_xlabel("RL step")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -154,6 +208,16 @@ def table(res: dict) -> str:
             g = lambda sp, k: f(s.get(sp, {}).get(k))
             rows.append(f"| {arm} | {seed} | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
                         f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | {g('test', 'plain_accuracy')} |")
+    if ep := res.get("early_phase"):
+        rows += ["", f"| early phase, weak warm start | seeds | step-1 accuracy | train accuracy, steps 1-{EARLY_STEPS} "
+                 "| train accuracy, last step | fp ratio, last step |", "|---|---|---|---|---|---|"]
+        for arm, a in ep["arms"].items():
+            last = lambda k: mean([v[k][-1] for v in a["per_seed"].values()])
+            rows.append(f"| {LABELS[arm]} | {len(a['seeds'])} | {ms(a, 'step1_accuracy')} | {ms(a, 'early_accuracy')} | "
+                        f"{f(last('accuracy'))} | {f(last('fp_ratio'))} |")
+        if "per_seed_lam1_minus_strict" in ep:
+            rows += ["", f"lam 1 minus strict, train accuracy over steps 1-{EARLY_STEPS}, per seed: "
+                     + ", ".join(f"{d:+.3f}" for d in ep["per_seed_lam1_minus_strict"])]
     if res["genrm"]:
         rows += ["", "| GenRM | FP precision | FP recall | FP F1 | ProcessBench F1 | valid |", "|---|---|---|---|---|---|"]
         for name, s in res["genrm"].items():

@@ -50,15 +50,26 @@ def test_demo_quick(tmp_path):
         assert [m["step"] for m in lines] == [1, 2, 3]
         assert math.isclose(a["early_accuracy"], sum(m["accuracy"] for m in lines) / 3)  # 3 steps < EARLY_STEPS
     assert set(res["warm_start"]) == set(SPLITS)
+    ep = res["early_phase"]  # lam 1 against strict from the weak warm start: per-step training accuracy
+    for arm in ("fapo_oracle", "strict"):
+        lines = [json.loads(l) for l in (out / "early" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()]
+        cfg = json.loads((out / "early" / f"{arm}_s1" / "config.json").read_text())
+        assert cfg["model"] == str(out / "weak_sft") and [m["step"] for m in lines] == [1, 2, 3]
+        s1 = ep["arms"][arm]["per_seed"]["1"]
+        assert s1["accuracy"] == [m["accuracy"] for m in lines] and s1["step1_accuracy"] == lines[0]["accuracy"]
+        assert math.isclose(s1["early_accuracy"], sum(m["accuracy"] for m in lines) / 3)
+    diff = ep["arms"]["fapo_oracle"]["per_seed"]["1"]["early_accuracy"] - ep["arms"]["strict"]["per_seed"]["1"]["early_accuracy"]
+    assert ep["paired_seeds"] == [1] and math.isclose(ep["per_seed_lam1_minus_strict"][0], diff, abs_tol=1e-12)
     for name in ("sft", "rl_step", "rl_outcome"):
         g = res["genrm"][name]
         assert 0.0 <= g["valid"] <= 1.0 and math.isfinite(g["fp_f1"])
     stages, jobs = res["stage_seconds"], res["job_seconds"]   # wall time, one after another; jobs side by side
-    assert {"data", "policy_sft", "genrm_data", "genrm_sft", "genrm_rl", "rl_and_eval"} == set(stages)
+    assert {"data", "policy_sft", "genrm_data", "genrm_sft", "genrm_rl", "weak_sft", "rl_and_eval"} == set(stages)
     assert abs(res["total_seconds"] - sum(stages.values())) < 1e-6
-    assert {"eval", "genrm_eval"} | {f"rl_{a}" for a in ARMS} == set(jobs)
+    early_jobs = ["early_fapo_oracle", "early_strict"]
+    assert {"eval", "genrm_eval", *early_jobs} | {f"rl_{a}" for a in ARMS} == set(jobs)
     logged = [l.split("\t") for l in (out / "jobs.tsv").read_text().splitlines()]
-    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS])
+    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS] + early_jobs)
     assert res["machine"]["cpus"] == os.cpu_count()
 
 
