@@ -6,7 +6,7 @@
 #   ./demo.sh --seeds 5       the robustness run: 5 seeds, and what the default run leaves out for time:
 #                             the strict arm (lam 2), the GenRM's outcome-reward ablation and the early
 #                             phase (lam 1 against strict from a weak warm start)
-#   ./demo.sh --full          those two at the default 3 seeds (--full is implied by --seeds 5 or more)
+#   ./demo.sh --full          those three at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
 #   DEMO_SFT_RANKS=1 ./demo.sh --out runs/demo-sft1
 #                             the same run with both warm starts as one process of two threads instead of

@@ -196,6 +196,11 @@ def run_update(model, ro, config, world_size, seed):
         opt, sched, clip = *constant_sgd(model, 0.5), 1e9
     else:
         (opt, sched), clip = update.make_optimizer(model, 1e-3, warmup_steps=1), 1.0
+        # Adam's first steps move each weight by about lr * g / (|g| + eps): for a gradient near eps
+        # (rare tokens' embedding rows) that is ill-conditioned, and the ranks' other float sums in g
+        # (~1e-11) moved weights by 2e-6 on an AVX-512 CPU. eps 1e-6 bounds that amplification to
+        # lr / eps = 1e3, so 1e-6 compares DDP with one process, not CPUs' rounding.
+        opt.param_groups[0]["eps"] = 1e-6
     cfg = update.UpdateConfig(mini_batches=mini_batches, micro_tokens=micro_tokens, loss_agg=loss_agg,
                           max_response=max(KEEP), grad_clip=clip)
     return update.ppo_update(model, opt, sched, ro, cfg, world_size, generator=torch.Generator().manual_seed(seed))
