@@ -56,8 +56,8 @@ def seed_runs(folder: Path, arm: str) -> dict[int, list[dict]]:
     runs = {}
     for d in folder.glob(f"{arm}_s*") if folder.is_dir() else []:
         m = re.fullmatch(re.escape(arm) + r"_s(\d+)", d.name)
-        if m and read_metrics(d):
-            runs[int(m.group(1))] = read_metrics(d)
+        if m and (lines := read_metrics(d)):
+            runs[int(m.group(1))] = lines
     return dict(sorted(runs.items()))
 
 
