@@ -113,13 +113,15 @@ GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 #    and (--full) strict, where a flawed positive scores like a wrong answer. Each (arm, seed) run is one
 #    process of one thread, LANES of them side by side: on two cores, two such runs take about 2/3 of
 #    the wall time of two 2-rank torchrun runs one after the other, which spend a third of theirs
-#    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the held-out splits (temperature 1,
-#    the oracle judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo
+#    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the held-out
+#    splits (temperature 1, and again on test and shift at the paper's top-p 0.7; the oracle judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo
 #    keeps the runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
 #    saves its step and exits.
 declare -A FLAGS=([grpo]="--lam 0 --judge none" [fapo]="--lam 1 --judge genrm --genrm $GENRM"
                   [fapo_oracle]="--lam 1 --judge oracle" [strict]="--lam 2 --judge oracle")
 EVAL="$ONE -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval --temperature 1.0 --max-new-tokens 64"
+# the same policies as the paper evaluates its own (temperature 1.0, top-p 0.7), on test and shift
+EVAL_TOP_P="$ONE -m fapo_mini.toyeval --data $OUT/data --out $OUT/eval_top_p --splits test,shift --temperature 1.0 --top-p 0.7 --max-new-tokens 64"
 mkdir -p "$OUT/logs"
 timed() {  # timed NAME LOG command...: run it, its stderr to LOG, and add its seconds to OUT/jobs.tsv
   local name=$1 log=$2 t0=$EPOCHREALTIME; shift 2
@@ -142,7 +144,8 @@ rl_run() {  # rl_run ARM SEED: train, then evaluate the final policy unless the 
   echo "== rl_$arm seed $seed: log in $log" >&2
   train rl_$arm "$log" "$run" "$OUT/policy_sft" $RL_STEPS $arm $seed
   [ -d "$run/ckpt/step_$(printf %08d $RL_STEPS)" ] || { echo "rl_$arm seed $seed stopped before step $RL_STEPS" >&2; return 0; }
-  timed eval "$log" $EVAL "${arm}_s$seed=$(last_ckpt "$run")"
+  timed eval "$log" $EVAL "${arm}_s$seed=$(last_ckpt "$run")" &&
+    timed eval_top_p "$log" $EVAL_TOP_P "${arm}_s$seed=$(last_ckpt "$run")"
 }
 early_run() {  # early_run ARM SEED: RL from the weak warm start; its training accuracy per step is the measure
   echo "== early_$1 seed $2: log in $OUT/logs/early_$1_s$2.log" >&2
@@ -167,7 +170,11 @@ N_RUNS=$(( ($(wc -w <<< "$ARMS") + 2 * FULL) * SEEDS ))
 echo "== rl_and_eval: $N_RUNS RL runs ($ARMS x $SEEDS seeds$([ "$FULL" = 1 ] && echo ", early phase: fapo_oracle strict")) and the evaluations, $LANES side by side; logs in $OUT/logs" >&2
 t0=$EPOCHREALTIME
 for name in $GENRMS; do lane genrm_eval "${name%%:*}" "${name#*:}"; done
-lane timed eval "$OUT/logs/eval_warm_start.log" $EVAL warm_start="$OUT/policy_sft"
+warm_eval() {  # the policy warm start, both ways
+  timed eval "$OUT/logs/eval_warm_start.log" $EVAL warm_start="$OUT/policy_sft" &&
+    timed eval_top_p "$OUT/logs/eval_warm_start.log" $EVAL_TOP_P warm_start="$OUT/policy_sft"
+}
+lane warm_eval
 for seed in $(seq 1 $SEEDS); do
   for arm in $ARMS; do lane rl_run $arm $seed; done
 done

@@ -12,6 +12,7 @@ Layout it reads (written by demo.sh):
     OUT/early/<arm>_s<seed>/metrics.jsonl   the same for the early-phase runs from the weak warm start (--full)
     OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
     OUT/eval/warm_start_<split>.json        the same for the policy warm start
+    OUT/eval_top_p/...                      the same at the paper's evaluation setting (top-p 0.7), test and shift
     OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
     OUT/times.tsv                           stage <tab> wall seconds, one stage after another
     OUT/jobs.tsv                            job <tab> seconds, for the jobs the last stage ran side by side
@@ -113,31 +114,46 @@ def machine() -> dict:
                for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DEMO_THREADS", "DEMO_SFT_RANKS", "DEMO_LANES")}}
 
 
-def collect(out: Path) -> dict:
-    res = {"arms": {}, "warm_start": {}, "genrm": {}, "machine": machine()}
-    for f in sorted((out / "eval").glob("*.json")):
+def read_evals(folder: Path) -> tuple[dict, dict, dict]:
+    """toyeval / rollout.py summaries in folder -> (arms, warm start, GenRMs). Each arm gets per_seed
+    (seed -> split -> summary keys) and, per split and key, the mean, per-seed list and min..max."""
+    arms, warm, genrm = {}, {}, {}
+    for f in sorted(folder.glob("*.json")):
         summary = json.loads(f.read_text().strip().splitlines()[-1])
         m = re.fullmatch(r"(.+)_s(\d+)_(" + "|".join(SPLITS) + ")", f.stem)
         w = re.fullmatch(r"warm_start_(" + "|".join(SPLITS) + ")", f.stem)
         if f.stem.startswith("genrm_"):
-            res["genrm"][f.stem.removeprefix("genrm_")] = summary
+            genrm[f.stem.removeprefix("genrm_")] = summary
         elif w:
-            res["warm_start"][w.group(1)] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "kinds")}
+            warm[w.group(1)] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "kinds")}
         elif m:
             arm, seed, split = m.group(1), int(m.group(2)), m.group(3)
-            a = res["arms"].setdefault(arm, {"per_seed": {}})
+            a = arms.setdefault(arm, {"per_seed": {}})
             a["per_seed"].setdefault(seed, {})[split] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "pass@1", "kinds")}
-    for arm, a in res["arms"].items():
+    for a in arms.values():
         seeds = sorted(a["per_seed"])
         for split in SPLITS:
             prefix = "" if split == "test" else split + "_"
             for key in KEYS:
                 vals = [a["per_seed"][s].get(split, {}).get(key) for s in seeds]
                 a[prefix + key], a["per_seed_" + prefix + key], a["spread_" + prefix + key] = mean(vals), vals, spread(vals)
-        early = [mean([r.get("accuracy") for r in read_metrics(out / "rl" / f"{arm}_s{s}")[:EARLY_STEPS]]) for s in seeds]
-        a["early_accuracy"], a["per_seed_early_accuracy"], a["spread_early_accuracy"] = mean(early), early, spread(early)
         a["seeds"] = seeds
         a["per_seed"] = {str(s): v for s, v in a["per_seed"].items()}
+    return arms, warm, genrm
+
+
+def collect(out: Path) -> dict:
+    arms, warm, genrm = read_evals(out / "eval")
+    res = {"arms": arms, "warm_start": warm, "genrm": genrm, "machine": machine()}
+    for arm, a in arms.items():
+        early = [mean([r.get("accuracy") for r in read_metrics(out / "rl" / f"{arm}_s{s}")[:EARLY_STEPS]]) for s in a["seeds"]]
+        a["early_accuracy"], a["per_seed_early_accuracy"], a["spread_early_accuracy"] = mean(early), early, spread(early)
+    top_p = sorted((out / "eval_top_p").glob("*.json"))
+    if top_p:  # the same policies at the paper's evaluation setting (demo.sh: temperature 1.0, top-p 0.7)
+        first = json.loads(top_p[0].read_text().strip().splitlines()[-1])
+        arms_p, warm_p, _ = read_evals(out / "eval_top_p")
+        res["top_p_eval"] = {"temperature": first.get("temperature"), "top_p": first.get("top_p"),
+                             "arms": arms_p, "warm_start": warm_p}
     if (early := early_phase(out)) is not None:
         res["early_phase"] = early
     res["stage_seconds"] = seconds(out / "times.tsv")
@@ -208,6 +224,16 @@ def table(res: dict) -> str:
             g = lambda sp, k: f(s.get(sp, {}).get(k))
             rows.append(f"| {arm} | {seed} | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
                         f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | {g('test', 'plain_accuracy')} |")
+    if tp := res.get("top_p_eval"):
+        rows += ["", f"| temperature {tp['temperature']}, top-p {tp['top_p']} (the paper's evaluation) | seeds | "
+                 "accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy, test without cue |", "|---|---|---|---|---|---|"]
+        if w := tp["warm_start"]:
+            rows.append(f"| warm start | - | {f(w.get('test', {}).get('accuracy'))} | {f(w.get('test', {}).get('fp_ratio'))} | "
+                        f"{f(w.get('shift', {}).get('accuracy'))} | {f(w.get('test', {}).get('plain_accuracy'))} |")
+        for arm in [a for a in ARMS if a in tp["arms"]] + [a for a in tp["arms"] if a not in ARMS]:
+            a = tp["arms"][arm]
+            rows.append(f"| {LABELS.get(arm, arm)} | {len(a['seeds'])} | {ms(a, 'accuracy')} | {ms(a, 'fp_ratio')} | "
+                        f"{ms(a, 'shift_accuracy')} | {ms(a, 'plain_accuracy')} |")
     if ep := res.get("early_phase"):
         rows += ["", f"| early phase, weak warm start | seeds | step-1 accuracy | train accuracy, steps 1-{EARLY_STEPS} "
                  "| train accuracy, last step | fp ratio, last step |", "|---|---|---|---|---|---|"]
@@ -239,7 +265,7 @@ def main():
     out = Path(args.out)
     if not out.is_dir():
         raise UserError(f"--out {out}: no such folder (the demo's output folder)")
-    evals = sorted((out / "eval").glob("*.json"))
+    evals = sorted((out / "eval").glob("*.json")) + sorted((out / "eval_top_p").glob("*.json"))
     if not evals:
         raise UserError(f"{out / 'eval'}: no rollout summaries (*.json); run ./demo.sh first")
     for f in evals:  # each holds rollout.py's last line, its JSON summary

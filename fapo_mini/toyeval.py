@@ -9,8 +9,8 @@ call, and writes per (run, split) the summary rollout.py prints for toy-world ro
     python -m fapo_mini.toyeval --data DIR --out DIR/eval NAME=MODEL_DIR [NAME=MODEL_DIR ...]
 
 DIR holds test.jsonl / hard.jsonl / shift.jsonl (`python -m fapo_mini.toyworld world`).
-Each split is sampled once per prompt (n = 1) at --temperature, the same seed for every
-model; the oracle (`toyworld.first_error`) decides flaws. Simplified away: pass@k for
+Each split is sampled once per prompt (n = 1) at --temperature and --top-p, the same seed for
+every model; the oracle (`toyworld.first_error`) decides flaws. Simplified away: pass@k for
 k > 1 and GenRM judging (rollout.py does both).
 """
 import argparse
@@ -47,13 +47,14 @@ def score(rows: list[dict], responses: list[str]) -> dict:
             "plain_accuracy": (n_pos - sum(correct[i] for i in cue)) / (len(rows) - len(cue)) if len(rows) > len(cue) else None}
 
 
-def evaluate(model_dir: str, splits: dict[str, list[dict]], temperature: float, max_new_tokens: int, seed: int):
-    """Sample every split's prompts once with the model in model_dir; returns {split: (responses, seconds)}."""
+def evaluate(model_dir: str, splits: dict[str, list[dict]], temperature: float, max_new_tokens: int, seed: int,
+             top_p: float = 1.0):
+    """Sample every split's prompts once with the model in model_dir; returns ({split: responses}, seconds)."""
     from fapo_mini.model import load_model, load_tokenizer
     from fapo_mini.sampler import Sampler, SamplingParams
     tok = load_tokenizer(model_dir)
     sampler = Sampler(load_model(model_dir).eval(), tok)
-    params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
+    params = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
     gen = torch.Generator().manual_seed(seed)
     names = list(splits)
     prompts = [tok.encode(r["prompt"], add_special_tokens=False) for name in names for r in splits[name]]
@@ -75,9 +76,12 @@ def main():
     ap.add_argument("--out", required=True, help="folder for NAME_SPLIT.json summaries and NAME_SPLIT.jsonl rows")
     ap.add_argument("--splits", default=",".join(SPLITS), help="comma-separated splits")
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (the paper evaluates at temperature 1.0, top-p 0.7)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if not 0 < args.top_p <= 1 or args.temperature < 0:
+        raise UserError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {args.temperature} and {args.top_p}")
     runs = []
     for spec in args.models:
         name, sep, folder = spec.partition("=")
@@ -97,13 +101,14 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, folder in tqdm(runs, desc="eval", unit="model"):
-        responses, seconds = evaluate(folder, splits, args.temperature, args.max_new_tokens, args.seed)
+        responses, seconds = evaluate(folder, splits, args.temperature, args.max_new_tokens, args.seed, args.top_p)
         for split, texts in responses.items():
-            summary = {**score(splits[split], texts), "model": folder, "gen_seconds": seconds}
+            summary = {**score(splits[split], texts), "model": folder, "temperature": args.temperature,
+                       "top_p": args.top_p, "gen_seconds": seconds}
             with open(out / f"{name}_{split}.jsonl", "w") as f:
                 f.writelines(json.dumps({**r, "response": t}) + "\n" for r, t in zip(splits[split], texts))
             (out / f"{name}_{split}.json").write_text(json.dumps(summary) + "\n")
-        tqdm.write(f"{name}: " + ", ".join(f"{s} {json.loads((out / f'{name}_{s}.json').read_text())['accuracy']:.3f}"
+        tqdm.write(f"{name}{'' if args.top_p == 1 else f' (top-p {args.top_p})'}: " + ", ".join(f"{s} {json.loads((out / f'{name}_{s}.json').read_text())['accuracy']:.3f}"
                                            for s in responses))
 
 

@@ -50,6 +50,20 @@ def test_demo_quick(tmp_path):
         assert [m["step"] for m in lines] == [1, 2, 3]
         assert math.isclose(a["early_accuracy"], sum(m["accuracy"] for m in lines) / 3)  # 3 steps < EARLY_STEPS
     assert set(res["warm_start"]) == set(SPLITS)
+    tp = res["top_p_eval"]  # the same final policies at temperature 1.0, top-p 0.7, on test and shift
+    assert (tp["temperature"], tp["top_p"]) == (1.0, 0.7) and set(tp["warm_start"]) == {"test", "shift"}
+    for arm in ARMS:
+        a = tp["arms"][arm]
+        assert a["seeds"] == [1] and set(a["per_seed"]["1"]) == {"test", "shift"}
+        for split in ("test", "shift"):
+            summary = json.loads((out / "eval_top_p" / f"{arm}_s1_{split}.json").read_text())
+            assert summary["top_p"] == 0.7 and summary["model"] == str(out / "rl" / f"{arm}_s1" / "ckpt" / "step_00000003" / "model")
+            rows = [json.loads(l) for l in (out / "eval_top_p" / f"{arm}_s1_{split}.jsonl").read_text().splitlines()]
+            correct = [toyworld.is_correct(r["response"], r["reward_model"]["ground_truth"]) for r in rows]
+            flawed = [c and toyworld.first_error(r["prompt"], r["response"]) != -1 for r, c in zip(rows, correct)]
+            prefix = "" if split == "test" else split + "_"
+            assert len(rows) == N_EVAL and a[prefix + "accuracy"] == sum(correct) / N_EVAL
+            assert a[prefix + "fp_ratio"] == (sum(flawed) / sum(correct) if any(correct) else None)
     ep = res["early_phase"]  # lam 1 against strict from the weak warm start: per-step training accuracy
     for arm in ("fapo_oracle", "strict"):
         lines = [json.loads(l) for l in (out / "early" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()]
@@ -67,9 +81,9 @@ def test_demo_quick(tmp_path):
     assert {"data", "policy_sft", "genrm_data", "genrm_sft", "genrm_rl", "weak_sft", "rl_and_eval"} == set(stages)
     assert abs(res["total_seconds"] - sum(stages.values())) < 1e-6
     early_jobs = ["early_fapo_oracle", "early_strict"]
-    assert {"eval", "genrm_eval", *early_jobs} | {f"rl_{a}" for a in ARMS} == set(jobs)
+    assert {"eval", "eval_top_p", "genrm_eval", *early_jobs} | {f"rl_{a}" for a in ARMS} == set(jobs)
     logged = [l.split("\t") for l in (out / "jobs.tsv").read_text().splitlines()]
-    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS] + early_jobs)
+    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["eval_top_p"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS] + early_jobs)
     assert res["machine"]["cpus"] == os.cpu_count()
 
 
