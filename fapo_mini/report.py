@@ -139,6 +139,14 @@ def read_evals(folder: Path) -> tuple[dict, dict, dict]:
                 a[prefix + key], a["per_seed_" + prefix + key], a["spread_" + prefix + key] = mean(vals), vals, spread(vals)
         a["seeds"] = seeds
         a["per_seed"] = {str(s): v for s, v in a["per_seed"].items()}
+    if "grpo" in arms:  # test accuracy minus GRPO's, paired by seed (the same RL prompts and evaluation seed)
+        base = arms["grpo"]["per_seed"]
+        for arm, a in arms.items():
+            seeds = [s for s in a["per_seed"] if s in base and arm != "grpo"]
+            diff = [a["per_seed"][s]["test"]["accuracy"] - base[s]["test"]["accuracy"] for s in seeds
+                    if "test" in a["per_seed"][s] and "test" in base[s]]
+            if diff:
+                a["per_seed_test_minus_grpo"], a["test_minus_grpo"], a["spread_test_minus_grpo"] = diff, mean(diff), spread(diff)
     return arms, warm, genrm
 
 
@@ -224,6 +232,12 @@ def table(res: dict) -> str:
             g = lambda sp, k: f(s.get(sp, {}).get(k))
             rows.append(f"| {arm} | {seed} | {g('test', 'accuracy')} | {g('test', 'fp_ratio')} | {g('shift', 'accuracy')} | "
                         f"{g('hard', 'accuracy')} | {g('test', 'cue_shortcut')} | {g('test', 'plain_accuracy')} |")
+    for name, block in (("top-p 1.0", res["arms"]), ("top-p 0.7", res.get("top_p_eval", {}).get("arms", {}))):
+        paired = [(arm, block[arm]["per_seed_test_minus_grpo"]) for arm in ARMS
+                  if "per_seed_test_minus_grpo" in block.get(arm, {})]
+        if paired:
+            rows += ["", f"test accuracy minus GRPO's, paired by seed ({name}): "
+                     + "; ".join(f"{arm} " + ", ".join(f"{d:+.3f}" for d in diff) for arm, diff in paired)]
     if tp := res.get("top_p_eval"):
         rows += ["", f"| temperature {tp['temperature']}, top-p {tp['top_p']} (the paper's evaluation) | seeds | "
                  "accuracy (test) | fp ratio (test) | accuracy (shift) | accuracy, test without cue |", "|---|---|---|---|---|---|"]

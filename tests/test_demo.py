@@ -46,6 +46,8 @@ def test_demo_quick(tmp_path):
                 assert all(r["prompt"].startswith(toyworld.CUE) for r in rows)
                 assert kinds.get("shortcut", [0, 0])[0] == 0
         assert a["per_seed_accuracy"] == [a["accuracy"]] and a["spread_accuracy"] == [a["accuracy"]] * 2
+        if arm != "grpo":  # paired by seed against GRPO
+            assert a["per_seed_test_minus_grpo"] == [a["accuracy"] - res["arms"]["grpo"]["accuracy"]]
         lines = [json.loads(l) for l in (out / "rl" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in lines] == [1, 2, 3]
         assert math.isclose(a["early_accuracy"], sum(m["accuracy"] for m in lines) / 3)  # 3 steps < EARLY_STEPS
@@ -64,6 +66,8 @@ def test_demo_quick(tmp_path):
             prefix = "" if split == "test" else split + "_"
             assert len(rows) == N_EVAL and a[prefix + "accuracy"] == sum(correct) / N_EVAL
             assert a[prefix + "fp_ratio"] == (sum(flawed) / sum(correct) if any(correct) else None)
+        if arm != "grpo":
+            assert a["per_seed_test_minus_grpo"] == [a["accuracy"] - tp["arms"]["grpo"]["accuracy"]]
     ep = res["early_phase"]  # lam 1 against strict from the weak warm start: per-step training accuracy
     for arm in ("fapo_oracle", "strict"):
         lines = [json.loads(l) for l in (out / "early" / f"{arm}_s1" / "metrics.jsonl").read_text().splitlines()]
