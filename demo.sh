@@ -113,9 +113,10 @@ GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 #    and (--full) strict, where a flawed positive scores like a wrong answer. Each (arm, seed) run is one
 #    process of one thread, LANES of them side by side: on two cores, two such runs take about 2/3 of
 #    the wall time of two 2-rank torchrun runs one after the other, which spend a third of theirs
-#    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the held-out
-#    splits (temperature 1, and again on test and shift at the paper's top-p 0.7; the oracle judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo
-#    keeps the runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
+#    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the
+#    held-out splits (temperature 1, and again on test and shift at the paper's top-p 0.7; the oracle
+#    judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo keeps the
+#    runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
 #    saves its step and exits.
 declare -A FLAGS=([grpo]="--lam 0 --judge none" [fapo]="--lam 1 --judge genrm --genrm $GENRM"
                   [fapo_oracle]="--lam 1 --judge oracle" [strict]="--lam 2 --judge oracle")

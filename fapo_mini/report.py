@@ -142,10 +142,9 @@ def read_evals(folder: Path) -> tuple[dict, dict, dict]:
     if "grpo" in arms:  # test accuracy minus GRPO's, paired by seed (the same RL prompts and evaluation seed)
         base = arms["grpo"]["per_seed"]
         for arm, a in arms.items():
-            seeds = [s for s in a["per_seed"] if s in base and arm != "grpo"]
-            diff = [a["per_seed"][s]["test"]["accuracy"] - base[s]["test"]["accuracy"] for s in seeds
-                    if "test" in a["per_seed"][s] and "test" in base[s]]
-            if diff:
+            diff = [v["test"]["accuracy"] - base[s]["test"]["accuracy"] for s, v in a["per_seed"].items()
+                    if "test" in v and "test" in base.get(s, {})]
+            if arm != "grpo" and diff:
                 a["per_seed_test_minus_grpo"], a["test_minus_grpo"], a["spread_test_minus_grpo"] = diff, mean(diff), spread(diff)
     return arms, warm, genrm
 

@@ -108,8 +108,9 @@ def main():
             with open(out / f"{name}_{split}.jsonl", "w") as f:
                 f.writelines(json.dumps({**r, "response": t}) + "\n" for r, t in zip(splits[split], texts))
             (out / f"{name}_{split}.json").write_text(json.dumps(summary) + "\n")
-        tqdm.write(f"{name}{'' if args.top_p == 1 else f' (top-p {args.top_p})'}: " + ", ".join(f"{s} {json.loads((out / f'{name}_{s}.json').read_text())['accuracy']:.3f}"
-                                           for s in responses))
+        tag = "" if args.top_p == 1 else f" (top-p {args.top_p})"
+        tqdm.write(f"{name}{tag}: " + ", ".join(f"{s} {json.loads((out / f'{name}_{s}.json').read_text())['accuracy']:.3f}"
+                                                for s in responses))
 
 
 if __name__ == "__main__":
