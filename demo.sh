@@ -140,13 +140,15 @@ train() {  # train NAME LOG RUN MODEL STEPS ARM SEED: one policy RL run, one pro
     ${FLAGS[$6]} --seed $7 --steps $5 --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 \
     --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160 >> "$2"
 }
+evals() {  # evals LOG NAME=MODEL: one policy's held-out evaluations, at top-p 1.0 and at the paper's 0.7
+  timed eval "$1" $EVAL "$2" && timed eval_top_p "$1" $EVAL_TOP_P "$2"
+}
 rl_run() {  # rl_run ARM SEED: train, then evaluate the final policy unless the run was stopped first
   local arm=$1 seed=$2 run="$OUT/rl/$1_s$2" log="$OUT/logs/$1_s$2.log"
   echo "== rl_$arm seed $seed: log in $log" >&2
   train rl_$arm "$log" "$run" "$OUT/policy_sft" $RL_STEPS $arm $seed
   [ -d "$run/ckpt/step_$(printf %08d $RL_STEPS)" ] || { echo "rl_$arm seed $seed stopped before step $RL_STEPS" >&2; return 0; }
-  timed eval "$log" $EVAL "${arm}_s$seed=$(last_ckpt "$run")" &&
-    timed eval_top_p "$log" $EVAL_TOP_P "${arm}_s$seed=$(last_ckpt "$run")"
+  evals "$log" "${arm}_s$seed=$(last_ckpt "$run")"
 }
 early_run() {  # early_run ARM SEED: RL from the weak warm start; its training accuracy per step is the measure
   echo "== early_$1 seed $2: log in $OUT/logs/early_$1_s$2.log" >&2
@@ -171,11 +173,7 @@ N_RUNS=$(( ($(wc -w <<< "$ARMS") + 2 * FULL) * SEEDS ))
 echo "== rl_and_eval: $N_RUNS RL runs ($ARMS x $SEEDS seeds$([ "$FULL" = 1 ] && echo ", early phase: fapo_oracle strict")) and the evaluations, $LANES side by side; logs in $OUT/logs" >&2
 t0=$EPOCHREALTIME
 for name in $GENRMS; do lane genrm_eval "${name%%:*}" "${name#*:}"; done
-warm_eval() {  # the policy warm start, both ways
-  timed eval "$OUT/logs/eval_warm_start.log" $EVAL warm_start="$OUT/policy_sft" &&
-    timed eval_top_p "$OUT/logs/eval_warm_start.log" $EVAL_TOP_P warm_start="$OUT/policy_sft"
-}
-lane warm_eval
+lane evals "$OUT/logs/eval_warm_start.log" warm_start="$OUT/policy_sft"
 for seed in $(seq 1 $SEEDS); do
   for arm in $ARMS; do lane rl_run $arm $seed; done
 done
