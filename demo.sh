@@ -12,6 +12,9 @@
 #                             the same run with both warm starts as one process of two threads instead of
 #                             two ranks of one: the same batches, other float sums, so other weights, as on
 #                             another CPU (the "two machines" check, docs/results.md)
+#   ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ./demo.sh
+#                             the same run on an AVX-512 CPU with the AVX2 kernels an older CPU would use:
+#                             other rounding everywhere, and about twice the time (run 30, docs/results.md)
 #
 # Every command it runs is one a user could type (step 5's are the first line of each job's log in
 # OUT/logs/). Results: OUT/results.json,
