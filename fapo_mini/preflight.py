@@ -92,6 +92,9 @@ def check_run_inputs(args, fields) -> list[dict]:
     for flag in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches", "micro_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.group_size < 2:   # a group of one has no one to compare with: its advantage is 0 (docs/method.md §6)
+        raise UserError(f"--group-size must be >= 2, got {args.group_size}: a rollout's advantage is its reward "
+                        "against the rest of its group, so a group of one learns nothing")
     check_output(args.out, folder=True)
     rows = load_rows(args.data)
     validate_rows(rows, args.data, fields)

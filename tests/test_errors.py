@@ -79,6 +79,7 @@ def dirs(qwen3_dir, tmp_path_factory):
         "bad_prompt": write_jsonl(root / "bad_prompt.jsonl", [POLICY_ROW, {**POLICY_ROW, "prompt": 17}]),
         "long": write_jsonl(root / "long.jsonl", [POLICY_ROW, {**POLICY_ROW, "prompt": "x" * 20},
                                                    POLICY_ROW, {**POLICY_ROW, "prompt": "y" * 30}]),
+        "critic": write_jsonl(root / "critic_ok.jsonl", [critic_row(0, 3), critic_row(-1, 3)]),
         "critic_bad_label": write_jsonl(root / "critic.jsonl", [critic_row(-1, 3), critic_row("1", 3),
                                                                 critic_row(3, 3), critic_row(0, 3)]),
         "critic_word_label": write_jsonl(root / "critic_w.jsonl", [critic_row("two", 3)] * 2),
@@ -333,6 +334,17 @@ def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, l
     argv = ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o")]
     status, last = run_cli(monkeypatch, capsys, rollout.main, argv + [flag, value])
     assert status == 2 and last == f"rollout.py: error: {line}", last
+
+
+@pytest.mark.parametrize("main,script,data", [(train_policy.main, "train_policy.py", "policy"),
+                                              (train_genrm.main, "train_genrm.py", "critic")])
+@pytest.mark.parametrize("flag,value,line", [("--steps", "0", "--steps must be >= 1, got 0"),
+                                             ("--group-size", "1", "--group-size must be >= 2, got 1")])
+def test_trainer_flag_ranges(monkeypatch, capsys, tmp_path, dirs, main, script, data, flag, value, line):
+    argv = [script, "--model", str(dirs["good"]), "--data", str(dirs[data]), "--out", str(tmp_path / "o"), flag, value]
+    status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if data == "policy" else []))
+    assert status == 2 and last.startswith(f"error: {line}"), last
+    assert not (tmp_path / "o").exists()          # refused before anything is written
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
