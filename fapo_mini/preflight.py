@@ -83,18 +83,48 @@ def check_critic_labels(rows: list[dict], source) -> None:
                             f"{get_field(row, 'reward_model.ground_truth')!r}")
 
 
-def check_run_inputs(args, fields) -> list[dict]:
-    """What train_policy.py / train_genrm.py check in their `main` before the loop starts:
-    positive sizes, --out, the data rows and `fields`, the tokenizer, config.json and the
-    prompt lengths. Returns (rows, prompt_ids), which rl.train then trains on."""
-    from fapo_mini.data import load_rows, prompt_text, validate_rows
-    from fapo_mini.model import load_config, load_tokenizer
+# (flag, test, what it must be): the trainers' numeric flags, checked before any work
+RANGES = (("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+          ("keep", lambda v: v >= 1, ">= 1"),
+          ("warmup", lambda v: v >= 0, ">= 0"),
+          ("lr", lambda v: v > 0, "> 0"),
+          ("weight_decay", lambda v: v >= 0, ">= 0"),
+          ("kl_coef", lambda v: v >= 0, ">= 0 (0 = no reference model)"),
+          ("grad_clip", lambda v: v > 0, "> 0"),
+          ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
+          ("clip_high", lambda v: v >= 0, ">= 0"),
+          ("dual_clip", lambda v: v > 1, "> 1"),
+          # the update scores rollouts by log-probs of logits / T: greedy sampling has none
+          ("temperature", lambda v: v > 0, "> 0 (training samples, so T = 0 has no log-probs)"),
+          ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+          ("overlong_buffer", lambda v: v >= 0, ">= 0 (0 = off)"),
+          ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
+          ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
+          ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"))
+
+
+def check_flags(args) -> None:
+    """UserError naming the first out-of-range flag of RANGES that `args` has."""
     for flag in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches", "micro_tokens"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.group_size < 2:   # a group of one has no one to compare with: its advantage is 0 (docs/method.md §6)
         raise UserError(f"--group-size must be >= 2, got {args.group_size}: a rollout's advantage is its reward "
                         "against the rest of its group, so a group of one learns nothing")
+    for flag, ok, want in RANGES:
+        if hasattr(args, flag) and not ok(getattr(args, flag)):
+            raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+    if args.overlong_buffer > args.max_new_tokens:
+        raise UserError(f"--overlong-buffer {args.overlong_buffer} must be <= --max-new-tokens {args.max_new_tokens}")
+
+
+def check_run_inputs(args, fields) -> list[dict]:
+    """What train_policy.py / train_genrm.py check in their `main` before the loop starts:
+    the flags' ranges, --out, the data rows and `fields`, the tokenizer, config.json and the
+    prompt lengths. Returns (rows, prompt_ids), which rl.train then trains on."""
+    from fapo_mini.data import load_rows, prompt_text, validate_rows
+    from fapo_mini.model import load_config, load_tokenizer
+    check_flags(args)
     check_output(args.out, folder=True)
     rows = load_rows(args.data)
     validate_rows(rows, args.data, fields)

@@ -119,6 +119,11 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
         if len(rows) < args.prompts_per_step or args.prompts_per_step % info.world_size:
             raise UserError(f"--prompts-per-step {args.prompts_per_step} must be <= {len(rows)} rows and a "
                              f"multiple of {info.world_size} ranks")
+        per_rank = args.prompts_per_step // info.world_size * args.group_size
+        if per_rank % args.mini_batches:
+            raise UserError(f"--mini-batches {args.mini_batches} must divide the {per_rank} rollouts per rank "
+                            f"(--prompts-per-step {args.prompts_per_step} / {info.world_size} ranks x --group-size "
+                            f"{args.group_size})")
         if args.fsdp and info.world_size < 2:
             raise UserError("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
         if args.cuda_graphs and info.device.type != "cuda":

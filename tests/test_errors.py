@@ -339,12 +339,39 @@ def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, l
 @pytest.mark.parametrize("main,script,data", [(train_policy.main, "train_policy.py", "policy"),
                                               (train_genrm.main, "train_genrm.py", "critic")])
 @pytest.mark.parametrize("flag,value,line", [("--steps", "0", "--steps must be >= 1, got 0"),
-                                             ("--group-size", "1", "--group-size must be >= 2, got 1")])
+                                             ("--group-size", "1", "--group-size must be >= 2, got 1"),
+                                             ("--save-every", "-1", "--save-every must be >= 0 (0 = only at the end), got -1"),
+                                             ("--keep", "0", "--keep must be >= 1, got 0"),
+                                             ("--lr", "-1", "--lr must be > 0, got -1.0"),
+                                             ("--kl-coef", "-1", "--kl-coef must be >= 0 (0 = no reference model), got -1.0"),
+                                             ("--clip-low", "1", "--clip-low must be in [0, 1), got 1.0"),
+                                             ("--dual-clip", "1", "--dual-clip must be > 1, got 1.0"),
+                                             ("--temperature", "0", "--temperature must be > 0 (training samples"),
+                                             ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
+                                             ("--overlong-buffer", "500", "--overlong-buffer 500 must be <= --max-new-tokens 128")])
 def test_trainer_flag_ranges(monkeypatch, capsys, tmp_path, dirs, main, script, data, flag, value, line):
     argv = [script, "--model", str(dirs["good"]), "--data", str(dirs[data]), "--out", str(tmp_path / "o"), flag, value]
     status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if data == "policy" else []))
     assert status == 2 and last.startswith(f"error: {line}"), last
     assert not (tmp_path / "o").exists()          # refused before anything is written
+
+
+@pytest.mark.parametrize("flag,value,line", [("--genrm-max-rows", "0", "--genrm-max-rows must be >= 1, got 0"),
+                                             ("--genrm-max-new-tokens", "0", "--genrm-max-new-tokens must be >= 1, got 0"),
+                                             ("--genrm-temperature", "-1", "--genrm-temperature must be >= 0")])
+def test_train_policy_genrm_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
+    argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o"),
+            "--judge", "genrm", "--genrm", str(dirs["good"]), flag, value]
+    status, last = run_cli(monkeypatch, capsys, train_policy.main, argv)
+    assert status == 2 and last.startswith(f"error: {line}"), last
+
+
+def test_mini_batches_must_divide_the_rank_batch(monkeypatch, capsys, tmp_path, dirs):
+    argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o"),
+            "--judge", "none", "--prompts-per-step", "2", "--group-size", "4", "--mini-batches", "3"]
+    status, last = run_cli(monkeypatch, capsys, train_policy.main, argv)
+    assert status == 2 and last == ("error: --mini-batches 3 must divide the 8 rollouts per rank (--prompts-per-step 2 "
+                                    "/ 1 ranks x --group-size 4)"), last
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
