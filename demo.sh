@@ -25,7 +25,8 @@
 # evaluations are one-thread processes, DEMO_LANES of them side by side (default: one per core);
 # each has its own seed, so its numbers do not depend on DEMO_LANES.
 set -euo pipefail
-cd "$(dirname "$0")"
+CALLER="$PWD"
+cd "$(dirname "$0")"                                 # the repository: the default OUT is runs/demo in it
 
 QUICK=0; SEEDS=3; FULL=0; OUT=runs/demo
 while [ $# -gt 0 ]; do
@@ -35,7 +36,9 @@ while [ $# -gt 0 ]; do
              [[ "$SEEDS" =~ ^[1-9][0-9]*$ ]] || { echo "error: --seeds needs a whole number >= 1, got '$SEEDS'"; exit 2; }
              [ "$SEEDS" -ge 5 ] && FULL=1 ;;
     --full) FULL=1 ;;
-    --out) OUT="$2"; shift ;;
+    --out) OUT="${2:-}"; shift
+           [ -n "$OUT" ] || { echo "error: --out needs a folder"; exit 2; }
+           [[ "$OUT" = /* ]] || OUT="$CALLER/$OUT" ;;      # a relative --out is where the user stands
     *) echo "usage: $0 [--quick] [--seeds N] [--full] [--out DIR]"; exit 2 ;;
   esac
   shift
@@ -44,6 +47,10 @@ SFT_RANKS="${DEMO_SFT_RANKS:-2}"
 [[ "$SFT_RANKS" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_SFT_RANKS needs a whole number >= 1, got '$SFT_RANKS'"; exit 2; }
 LANES="${DEMO_LANES:-$(nproc)}"
 [[ "$LANES" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_LANES needs a whole number >= 1, got '$LANES'"; exit 2; }
+# a new run replaces an earlier demo's folder (it has eval/), and nothing else
+if [ -e "$OUT" ] && ! { [ -d "$OUT/eval" ] || { [ -d "$OUT" ] && [ -z "$(ls -A "$OUT")" ]; }; }; then
+  echo "error: --out $OUT: exists and is not a demo's output folder (no eval/ in it); give a new folder"; exit 2
+fi
 ARMS="grpo fapo fapo_oracle"; GENRM_REWARDS="step"
 [ "$FULL" = 1 ] && { ARMS="$ARMS strict"; GENRM_REWARDS="step outcome"; }
 if [ -z "${PYTHON:-}" ]; then

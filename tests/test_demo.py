@@ -104,3 +104,21 @@ def test_demo_rejects_a_bad_seed_count():
         proc = subprocess.run(["bash", str(ROOT / "demo.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "DEMO_LANES": bad})
         assert proc.returncode == 2 and proc.stdout.strip() == f"error: DEMO_LANES needs a whole number >= 1, got '{bad}'"
+
+
+def test_demo_refuses_an_out_that_is_not_a_demo_folder(tmp_path):
+    """demo.sh empties OUT before a run: a file, or a folder with no eval/ (not a demo's), is one line and
+    status 2, and stays as it was; a relative --out is taken from where the command is run."""
+    (tmp_path / "notes.txt").write_text("keep me\n")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "data.csv").write_text("1,2\n")
+    for out in ("notes.txt", "mine"):
+        proc = subprocess.run(["bash", str(ROOT / "demo.sh"), "--out", out], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stdout.strip() == (f"error: --out {tmp_path / out}: exists and is not a demo's output folder "
+                                       "(no eval/ in it); give a new folder")
+    assert (tmp_path / "notes.txt").read_text() == "keep me\n" and (tmp_path / "mine" / "data.csv").exists()
+    proc = subprocess.run(["bash", str(ROOT / "demo.sh"), "--out"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stdout.strip() == "error: --out needs a folder"
