@@ -163,6 +163,9 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
             set_rng_state(rank_state["rng"], generators)
             gen.set_state(rank_state["sampler_rng"])
             start = state["step"]
+            if start > args.steps:   # else the run would end at once and config.json would say the smaller --steps
+                raise UserError(f"--steps {args.steps}: {out} is already at step {start}; give --steps >= {start} "
+                                "to continue it, or --fresh to start over")
             dist.print0(f"resuming from {ckpt} at step {start}")
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None

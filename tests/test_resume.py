@@ -208,6 +208,15 @@ def test_changed_flag_refuses_to_resume_and_fresh_starts_over(world, run_a, tmp_
     assert json.loads((out / "config.json").read_text())["lam"] == 0.0
 
 
+def test_fewer_steps_than_the_checkpoint_refuses_to_resume(world, run_a, tmp_path):
+    out = copy_run(run_a, tmp_path)
+    config = (out / "config.json").read_text()
+    res = run(cmd(*world, out, "--steps", 2))
+    assert_clean_error(res, f"--steps 2: {out} is already at step 4", "--fresh")
+    assert ckpt_names(out) == ["step_00000003", "step_00000004"] and metrics(out) == metrics(run_a)
+    assert (out / "config.json").read_text() == config                      # still says the run's own --steps
+
+
 def _write(path, text):
     path.write_text(text)
     return path
