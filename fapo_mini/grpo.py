@@ -64,9 +64,12 @@ def overlong_penalty(lengths, max_len, buffer):
 def group_advantages(rewards, group_size, eps=1e-6):
     """GRPO advantages, (N,) float32; rewards laid out group after group.
 
-    Std is UNBIASED (N-1, as torch.std and verl). A zero-variance group gets 0 everywhere
-    (0 / eps). A group of one gets 0: with nothing to compare against there is no signal
-    (verl instead uses mean 0, std 1 there, i.e. A = r / (1 + eps)).
+    Std is UNBIASED (N-1, as torch.std and verl). A group whose rewards are all equal gets
+    exactly 0 everywhere, by an explicit test rather than 0 / eps: for a reward float32
+    cannot hold exactly (2/3, 1 - 0.3) the group mean is off by an ulp, std is ~1e-8 and
+    (r - mean) / (std + eps) would be a spurious same-sign advantage of a few percent.
+    A group of one gets 0: with nothing to compare against there is no signal (verl
+    instead uses mean 0, std 1 there, i.e. A = r / (1 + eps)).
     Example: rewards=[1, -1, -1, 0, 0, 0], group_size=3
       group 1: mean -1/3, std 1.1547 -> [1.1547, -0.5774, -0.5774]; group 2 -> [0, 0, 0]
     """
@@ -80,7 +83,8 @@ def group_advantages(rewards, group_size, eps=1e-6):
     r = rewards.view(-1, group_size)  # (G, n)
     # docs/method.md §6 (paper §2.1, Eq. 1): A_i = (r_i - mean_g) / (std_g + eps), std unbiased
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)  # (G, n)
-    return adv.view(-1)
+    same = (r == r[:, :1]).all(dim=1, keepdim=True)  # (G, 1): no signal in this group
+    return torch.where(same, 0.0, adv).view(-1)
 
 
 def clipped_loss(logp, old_logp, adv, eps_low=0.2, eps_high=0.28, dual_clip=10.0, log_ratio_clamp=20.0):

@@ -60,6 +60,20 @@ def test_group_advantages_hand_values():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("value", [2 / 3, 1 - 0.3, 1 - 0.7, 1 - 0.9, 0.1])
+@pytest.mark.parametrize("group_size", [3, 5, 7, 16])
+def test_equal_rewards_float32_cannot_hold_get_zero_advantage(value, group_size):
+    # A GenRM step reward of 2/3 or a flawed positive at lam 0.3 is not a float32 number;
+    # the float32 mean of such a group is an ulp away from its members, and 0 / (std + eps)
+    # turned that into a same-sign advantage of up to ~0.06 before the explicit test.
+    r = torch.tensor([value] * group_size, dtype=torch.float32)
+    got = group_advantages(torch.cat([r, torch.tensor([1.0] + [-1.0] * (group_size - 1))]), group_size)
+    assert torch.all(got[:group_size] == 0)
+    # the mixed group beside it is untouched
+    want = loop_advantages([1.0] + [-1.0] * (group_size - 1), group_size)
+    torch.testing.assert_close(got[group_size:], torch.tensor(want), atol=1e-5, rtol=1e-5)
+
+
 def test_group_advantages_bad_input():
     with pytest.raises(ValueError, match="groups of 4"):
         group_advantages(torch.zeros(6), 4)
