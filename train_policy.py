@@ -14,8 +14,9 @@ One step (docs/method.md §4 and §6; the loop itself is fapo_mini/rl.py, shared
        --judge oracle  the toy world's exact step checker (an upper bound)
        --judge none    nobody: plain GRPO rewards (flawed positives are still measured);
   4. r = outcome - lam * flawed (FAPO), group advantages, PPO-clip update.
-On toy-world data the oracle's flawed-positive ratio is always logged (`fp_ratio`), whatever
-the judge; `judge_fp_ratio` is the judge's own view.
+On toy-world data the oracle's flawed-positive ratio is always logged (`fp_ratio`, over the
+correct rollouts of toy-world rows when the data mixes sources), whatever the judge;
+`judge_fp_ratio` is the judge's own view.
 """
 import argparse
 
@@ -59,6 +60,8 @@ def main():
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
 
+    any_toy = any(r.get("data_source") == "toyworld" for r in rows)
+
     def reward_fn(rows, samples):
         n = len(samples)
         row_of = [rows[s.prompt_index] for s in samples]
@@ -66,9 +69,11 @@ def main():
         pos = [i for i in range(n) if correct[i]]
         counts = {"accuracy": (len(pos), n)}
         oracle = None
-        if all(r.get("data_source") == "toyworld" for r in row_of):
-            oracle = [toyworld.first_error(row_of[i]["prompt"], samples[i].text) != -1 for i in pos]
-            counts["fp_ratio"] = (sum(oracle), len(pos))
+        if any_toy:   # decided from the whole dataset: every rank must report the same keys
+            toy_pos = [i for i in pos if row_of[i].get("data_source") == "toyworld"]
+            flawed_toy = {i for i in toy_pos if toyworld.first_error(row_of[i]["prompt"], samples[i].text) != -1}
+            oracle = [i in flawed_toy for i in pos]          # read only with --judge oracle: all rows are toy
+            counts["fp_ratio"] = (len(flawed_toy), len(toy_pos))
         judged = [False] * len(pos)
         if detector is not None and args.judge in ("genrm", "none"):
             before = detector.critiqued

@@ -111,7 +111,9 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
     """The RL run, on the ranks `info` describes (the script's one dist.setup()), over `rows` and
     their tokenized prompts `prompt_ids` (preflight.check_run_inputs has read and checked both).
     `reward_fn(rows, samples)` -> (rewards (N,), counts) where counts maps a
-    metric name to a local (numerator, denominator) pair; the loop sums both over ranks.
+    metric name to a local (numerator, denominator) pair; the loop sums both over ranks, key by
+    key, so every rank must return the same keys at every step (decide them from the dataset and
+    flags, never from this batch's rows; a key with nothing to count is (0, 0)).
     `generators`: name -> the torch.Generator a reward draws from (a sampling GenRM's), checkpointed.
     Resumes from the newest checkpoint in --out unless --fresh."""
     out = Path(args.out)

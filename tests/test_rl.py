@@ -354,6 +354,25 @@ def test_train_policy_torchrun_grpo(tmp_path, mixed_policy_dir, toy_problems):
     assert {p.name for p in (tmp_path / "run" / "ckpt" / "step_00000001").iterdir()} >= {"rank0.pt", "rank1.pt"}
 
 
+def test_train_policy_torchrun_mixed_sources(tmp_path, mixed_policy_dir, toy_problems):
+    # one toy-world row and one boxed-answer row: each rank holds one of them each step, and both
+    # must report the same metric keys (they are all-reduced key by key); fp_ratio counts the
+    # toy row's correct rollouts only (the other row's answers are `ans=`, never boxed: all wrong)
+    rows = toyworld.policy_rows(toy_problems, "train")
+    rows[1] = {**rows[1], "data_source": "math"}
+    data = tmp_path / "train.jsonl"
+    toyworld.write_jsonl(data, rows)
+    args = policy_args(mixed_policy_dir, data, tmp_path / "run", 0.0, 2, 2)
+    args[args.index("--judge") + 1] = "none"
+    run_script("train_policy.py", args, nproc=2)
+    lines = metrics(tmp_path / "run")
+    assert [l["step"] for l in lines] == [1, 2]
+    for line in lines:
+        check_policy_line(line, lam=0.0)
+        assert line["accuracy"] <= 0.5                    # 4 of the 8 rollouts can never be right
+    assert any(l["fp_ratio"] for l in lines)              # prompt 0 samples flawed positives
+
+
 def test_train_genrm_torchrun(tmp_path, model_dir, toy_problems):
     rng = random.Random(0)
     items = [(p.prompt, toyworld.teacher_solution(p.prompt, style, rng)) for p in toy_problems
