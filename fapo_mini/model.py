@@ -16,6 +16,7 @@ Two forward paths, attention metadata kept out of the layers (see attention.py):
 and `token_logprobs` turns hidden states into log-probs of given targets, chunk by chunk.
 """
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -295,11 +296,17 @@ def _weight_files(folder: Path) -> list[Path]:
     raise UserError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
 
 
+INCOMPLETE = "INCOMPLETE"   # beside the weights of a run that was stopped early (fapo_mini/sft.py)
+
+
 def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
     """Read a Hugging Face Qwen2 / Qwen3 folder (config.json + safetensors, one file or
-    sharded with an index). Every problem with the folder is a UserError naming the file."""
+    sharded with an index). Every problem with the folder is a UserError naming the file.
+    A folder holding INCOMPLETE (a stopped warm start) loads, with a warning on stderr."""
     cfg = load_config(folder)
     folder = Path(folder)
+    if (folder / INCOMPLETE).is_file():
+        print(f"warning: {folder / INCOMPLETE}: {(folder / INCOMPLETE).read_text().strip()}", file=sys.stderr, flush=True)
     sd = {}
     for shard in _weight_files(folder):
         try:

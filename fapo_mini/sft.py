@@ -15,24 +15,31 @@ seed and trains on its share (rows rank, rank + W, ...), with the loss normalise
 whole batch's completion tokens, so W ranks take the steps one process would, up to float
 rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread are ~10% faster than 1
 process x 2 threads, so the demo runs both warm starts that way; `DEMO_SFT_RANKS=1` (one
-process) is its rounding check (docs/results.md). Simplified away: no resume.
+process) is its rounding check (docs/results.md).
+
+Stopping it (Ctrl-C, SIGTERM) finishes the step, saves the weights so far to --out beside a
+file INCOMPLETE that names the step, and exits 130; load_model warns when it reads such a
+folder. Simplified away: no resume (a warm start is minutes; run it again).
 """
 import argparse
 import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from fapo_mini import dist, parallel
+from fapo_mini.checkpoint import GracefulStop
 from fapo_mini.data import load_rows, validate_rows
 from fapo_mini.dist import all_reduce_sum
 from fapo_mini.errors import UserError, cli
-from fapo_mini.model import ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
+from fapo_mini.model import INCOMPLETE, ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
 from fapo_mini.preflight import check_output
 
 
@@ -98,9 +105,11 @@ def completion_tokens(examples) -> int:
     return sum(len(c) for _, c in examples)
 
 
-def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None, rank=0, world_size=1):
+def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None, rank=0, world_size=1, stop=None):
     """AdamW, linear warm-up then cosine decay to 10% of lr. Returns the loss per step (the whole
-    batch's mean). With world_size > 1, `model` is DDP-wrapped and this rank trains on its rows."""
+    batch's mean). With world_size > 1, `model` is DDP-wrapped and this rank trains on its rows.
+    `stop`: a checkpoint.GracefulStop; when any rank got a signal the loop ends after that step,
+    so fewer than `steps` losses come back."""
     rng = random.Random(seed)                                # the same stream on every rank: the same batches
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     n_warm = max(1, int(warmup * steps))
@@ -132,6 +141,9 @@ def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None,
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if log is not None:
             log.write(json.dumps({"step": step, "loss": losses[-1], "lr": sched.get_last_lr()[0]}) + "\n")
+        if stop is not None and stop.should_stop(device):
+            break
+    bar.close()
     return losses
 
 
@@ -148,11 +160,13 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if bool(args.model) == bool(args.new_model):
-        ap.error("give exactly one of --model and --new-model")
+        raise UserError("give exactly one of --model and --new-model")
     if args.new_model and not args.tokenizer:
-        ap.error("--new-model needs --tokenizer DIR")
-    if args.steps < 1 or args.batch_size < 1:
-        ap.error("--steps and --batch-size must be >= 1")
+        raise UserError("--new-model needs --tokenizer DIR")
+    for flag, ok, want in (("steps", args.steps >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
+                           ("lr", args.lr > 0, "> 0")):
+        if not ok:
+            raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
     check_output(args.out, folder=True)
     rows = load_rows(args.data)                              # file:line for a malformed line, UserError if empty
     validate_rows(rows, args.data, fields=("prompt", "completion"))
@@ -175,16 +189,27 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         log = open(os.path.join(args.out, "sft_log.jsonl"), "w")
     try:
-        losses = train(trained, examples, args.steps, args.batch_size, args.lr, args.seed, log=log,
-                       rank=info.rank, world_size=info.world_size)
+        with GracefulStop() as stop:
+            losses = train(trained, examples, args.steps, args.batch_size, args.lr, args.seed, log=log,
+                           rank=info.rank, world_size=info.world_size, stop=stop)
     finally:
         if log is not None:
             log.close()
+    marker = Path(args.out) / INCOMPLETE
     if info.is_main:
         save_model(model, args.out, tok)
-        print(json.dumps({"final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - t0, 1)}))
+        if len(losses) < args.steps:
+            marker.write_text(f"sft stopped after step {len(losses)} of {args.steps}\n")
+        else:
+            marker.unlink(missing_ok=True)
+            print(json.dumps({"final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.time() - t0, 1)}))
     dist.barrier()
     dist.cleanup()
+    if len(losses) < args.steps:
+        if info.is_main:
+            print(f"stopped after step {len(losses)} of {args.steps}: the weights so far are in {args.out}, "
+                  f"marked by {marker}; run again for the whole warm start", file=sys.stderr, flush=True)
+        raise SystemExit(130)
 
 if __name__ == "__main__":
     cli(main)

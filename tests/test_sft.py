@@ -79,3 +79,46 @@ def test_a_batch_smaller_than_the_ranks_is_a_user_error():
     model = sft.new_model("d64-l2", make_tokenizer(), seed=3)
     with pytest.raises(UserError, match="a batch of 1 rows cannot feed 2 ranks"):
         sft.train(model, examples(), 1, 1, 1e-3, rank=0, world_size=2)
+
+
+def test_a_stopped_warm_start_saves_its_weights_marked_incomplete(tmp_path, capsys):
+    """Ctrl-C finishes the step, saves the weights so far with INCOMPLETE beside them, exits 130
+    with one line (no traceback); load_model warns on such a folder; a whole run removes the mark."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fapo_mini.model import load_model
+    root = Path(__file__).resolve().parents[1]
+    make_tokenizer().save_pretrained(tmp_path / "tok")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in PAIRS))
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "fapo_mini.sft", "--data", str(data), "--tokenizer", str(tmp_path / "tok"),
+            "--new-model", "d32-l1", "--out", str(out), "--batch-size", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    with open(tmp_path / "stderr", "w") as se:
+        proc = subprocess.Popen(argv + ["--steps", "1000000"], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=se)
+        log = out / "sft_log.jsonl"
+        t_end = time.time() + 120
+        while not (log.exists() and log.read_text().count("\n") >= 2):     # inside the loop: the handler is set
+            assert proc.poll() is None and time.time() < t_end, (tmp_path / "stderr").read_text()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err, err
+    k = len(log.read_text().splitlines())
+    assert 2 <= k < 1000000
+    last = err.strip().splitlines()[-1]
+    assert last == (f"stopped after step {k} of 1000000: the weights so far are in {out}, marked by "
+                    f"{out / 'INCOMPLETE'}; run again for the whole warm start"), last
+    assert (out / "INCOMPLETE").read_text() == f"sft stopped after step {k} of 1000000\n"
+    capsys.readouterr()
+    assert load_model(out).cfg.hidden_size == 32
+    assert capsys.readouterr().err == f"warning: {out / 'INCOMPLETE'}: sft stopped after step {k} of 1000000\n"
+    done = subprocess.run(argv + ["--steps", "2"], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "INCOMPLETE").exists()
