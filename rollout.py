@@ -115,7 +115,7 @@ def main():
                            ("temperature", args.temperature >= 0, ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
                            ("top_k", args.top_k >= 0, ">= 0")):
         if not ok:
-            ap.error(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+            raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
     check_output(args.out, folder=False)
 
     rows = load_rows(args.data)[:args.limit or None]

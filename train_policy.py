@@ -45,7 +45,7 @@ def main():
                    help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
     args = ap.parse_args()
     if args.judge == "genrm" and not args.genrm:
-        ap.error("--judge genrm needs --genrm DIR")
+        raise UserError("--judge genrm needs --genrm DIR")
     rows, prompt_ids = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
     if args.judge == "oracle" and not all(r.get("data_source") == "toyworld" for r in rows):
         raise UserError(f"--judge oracle needs toy-world data (data_source 'toyworld' in every row of {args.data})")

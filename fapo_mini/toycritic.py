@@ -132,7 +132,7 @@ def main():
     from fapo_mini.data import load_rows, validate_rows
     from fapo_mini.preflight import check_output
     if not 0 <= args.test_share < 1:
-        ap.error("--test-share must be in [0, 1)")
+        raise UserError("--test-share must be in [0, 1)")
     check_output(args.out, folder=True)
     validate_rows(load_rows(args.rollouts), args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))
     build(args)

@@ -23,7 +23,10 @@ import torch
 from tqdm import tqdm
 
 from fapo_mini import toyworld
+from fapo_mini.data import load_rows, validate_rows
 from fapo_mini.errors import UserError, cli
+from fapo_mini.model import load_config, load_tokenizer
+from fapo_mini.preflight import check_output, check_prompts
 
 SPLITS = ("test", "hard", "shift")
 
@@ -50,7 +53,7 @@ def score(rows: list[dict], responses: list[str]) -> dict:
 def evaluate(model_dir: str, splits: dict[str, list[dict]], temperature: float, max_new_tokens: int, seed: int,
              top_p: float = 1.0):
     """Sample every split's prompts once with the model in model_dir; returns ({split: responses}, seconds)."""
-    from fapo_mini.model import load_model, load_tokenizer
+    from fapo_mini.model import load_model
     from fapo_mini.sampler import Sampler, SamplingParams
     tok = load_tokenizer(model_dir)
     sampler = Sampler(load_model(model_dir).eval(), tok)
@@ -82,6 +85,9 @@ def main():
     args = ap.parse_args()
     if not 0 < args.top_p <= 1 or args.temperature < 0:
         raise UserError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {args.temperature} and {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_output(args.out, folder=True)
     runs = []
     for spec in args.models:
         name, sep, folder = spec.partition("=")
@@ -95,9 +101,25 @@ def main():
         path = Path(args.data) / f"{name}.jsonl"
         if not path.is_file():
             raise UserError(f"{path}: no such file (split {name!r})")
-        splits[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        splits[name] = load_rows(path)       # UserError on a malformed line, naming it
         if not splits[name]:
             raise UserError(f"{path}: no rows")
+        validate_rows(splits[name], path, ("prompt", "reward_model.ground_truth"))
+        for i, row in enumerate(splits[name], start=1):
+            try:                               # the oracle scores toy-world prompts only
+                toyworld.parse_prompt(row["prompt"])
+            except (ValueError, TypeError):
+                raise UserError(f"{path}:{i}: field 'prompt' is not a toy-world prompt "
+                                "(python -m fapo_mini.toyworld world writes the splits)") from None
+    for name, folder in runs:                  # before any sampling: every model against every split
+        cfg, tok = load_config(folder), load_tokenizer(folder)
+        for split, rows in splits.items():
+            ids = [tok.encode(r["prompt"], add_special_tokens=False) for r in rows]
+            try:
+                check_prompts(ids, Path(args.data) / f"{split}.jsonl", args.max_new_tokens,
+                              cfg.max_position_embeddings, cfg.vocab_size)
+            except UserError as e:
+                raise UserError(f"{name}={folder}: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, folder in tqdm(runs, desc="eval", unit="model"):

@@ -370,7 +370,7 @@ def main():
     check_output(args.out, folder=True)
     for flag in ("n_train", "n_test", "n_hard", "n_sft"):
         if getattr(args, flag) < 0:
-            ap.error(f"--{flag.replace('_', '-')} must be >= 0")
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0")
     {"world": world_cmd}[args.cmd](args)
 
 

@@ -327,13 +327,54 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
     assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
 
 
+def test_toyeval_bad_inputs(monkeypatch, capsys, tmp_path, dirs):
+    """toyeval reads its splits as the trainers do: file:line for a malformed line, the field for
+    a missing one or a prompt the oracle cannot score, the flag for --out / --max-new-tokens, the
+    model and split for prompts too long for a model; all before any sampling."""
+    from fapo_mini import toyeval
+    good = toyworld.policy_rows(toyworld.generate(3, 0, "test", steps=(2, 2)), "test")
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def run(rows, *extra, model="good"):
+        write_jsonl(data / "test.jsonl", rows)
+        return run_cli(monkeypatch, capsys, toyeval.main, ["toyeval", "--data", str(data), "--splits", "test",
+                                                           "--out", str(tmp_path / "eval"), *extra,
+                                                           f"m={dirs[model]}"])
+    split = data / "test.jsonl"
+    assert run(good[:1] + ['{"prompt": "x", '])[1].startswith(f"error: {split}:2: ")
+    assert run(good[:1] + [{"prompt": good[1]["prompt"]}])[1] == \
+        f"error: {split}:2: row is missing field 'reward_model.ground_truth'"
+    assert run(good[:2] + [POLICY_ROW])[1] == (f"error: {split}:3: field 'prompt' is not a toy-world prompt "
+                                               "(python -m fapo_mini.toyworld world writes the splits)")
+    assert run(good, "--max-new-tokens", "0")[1] == "error: --max-new-tokens must be >= 1, got 0"
+    status, last = run(good, "--max-new-tokens", "8", model="short")
+    assert status == 2 and last.startswith(f"error: m={dirs['short']}: {split}: 3 of 3 prompts are longer than"), last
+    monkeypatch.setattr(sys, "argv", ["toyeval", "--data", str(data), "--out", str(dirs["a_file"]), f"m={dirs['good']}"])
+    status, last = run_cli(monkeypatch, capsys, toyeval.main, sys.argv)
+    assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
+    assert not (tmp_path / "eval").exists()                     # nothing sampled, nothing written
+
+
+def test_former_argparse_errors_are_one_line(monkeypatch, capsys, tmp_path, dirs):
+    """Checks that argparse cannot express end as `error: ...` like every other bad input."""
+    argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "r")]
+    assert run_cli(monkeypatch, capsys, train_policy.main, argv + ["--judge", "genrm"]) == \
+        (2, "error: --judge genrm needs --genrm DIR")
+    argv = ["sft", "--data", str(dirs["policy"]), "--model", str(dirs["good"]), "--out", str(tmp_path / "s")]
+    assert run_cli(monkeypatch, capsys, sft.main, argv + ["--lr", "-1"]) == (2, "error: --lr must be > 0, got -1.0")
+    assert run_cli(monkeypatch, capsys, sft.main, argv + ["--steps", "0"]) == (2, "error: --steps must be >= 1, got 0")
+    assert run_cli(monkeypatch, capsys, sft.main, argv[:3] + ["--out", str(tmp_path / "s")]) == \
+        (2, "error: give exactly one of --model and --new-model")
+
+
 @pytest.mark.parametrize("flag,value,line", [("--n", "0", "--n must be >= 1, got 0"),
                                              ("--top-p", "1.5", "--top-p must be in (0, 1], got 1.5"),
                                              ("--temperature", "-1", "--temperature must be >= 0, got -1.0")])
 def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
     argv = ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o")]
     status, last = run_cli(monkeypatch, capsys, rollout.main, argv + [flag, value])
-    assert status == 2 and last == f"rollout.py: error: {line}", last
+    assert status == 2 and last == f"error: {line}", last
 
 
 @pytest.mark.parametrize("main,script,data", [(train_policy.main, "train_policy.py", "policy"),
