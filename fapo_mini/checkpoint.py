@@ -126,11 +126,18 @@ def latest_checkpoint(run_dir, world_size: int) -> Path | None:
 
 
 def load_state(ckpt, rank: int) -> tuple[dict, dict]:
-    """(state, rank_state) of a checkpoint folder, loaded onto the CPU with weights_only=True."""
+    """(state, rank_state) of a checkpoint folder, loaded onto the CPU with weights_only=True.
+    A file torch cannot read (a damaged disk, a hand edit: saves are atomic) is a ValueError
+    that names it and the way out, which rl.train prints as one line."""
     ckpt = Path(ckpt)
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    rank_state = torch.load(ckpt / f"rank{rank}.pt", map_location="cpu", weights_only=True)
-    return state, rank_state
+
+    def read(name):
+        try:
+            return torch.load(ckpt / name, map_location="cpu", weights_only=True)
+        except Exception as e:      # torch raises RuntimeError, EOFError, UnpicklingError, ... by the damage
+            raise ValueError(f"{ckpt / name}: unreadable checkpoint file ({type(e).__name__}); delete {ckpt} to "
+                             "resume from the checkpoint before it, or pass --fresh to start over") from None
+    return read("state.pt"), read(f"rank{rank}.pt")
 
 
 def load_sharded(ckpt, template: dict) -> dict:

@@ -217,6 +217,17 @@ def test_fewer_steps_than_the_checkpoint_refuses_to_resume(world, run_a, tmp_pat
     assert (out / "config.json").read_text() == config                      # still says the run's own --steps
 
 
+@pytest.mark.parametrize("name", ["state.pt", "rank0.pt"])
+def test_an_unreadable_checkpoint_file_is_one_line_naming_it(world, run_a, tmp_path, name):
+    out = copy_run(run_a, tmp_path)
+    bad = out / "ckpt" / "step_00000004" / name
+    bad.write_bytes(bad.read_bytes()[:100])                                 # a torn file, as a damaged disk leaves
+    res = run(cmd(*world, out, "--steps", 5))
+    assert_clean_error(res, f"{bad}: unreadable checkpoint file", f"delete {bad.parent} to resume from the "
+                       "checkpoint before it, or pass --fresh")
+    assert metrics(out) == metrics(run_a)                                   # nothing was rewritten
+
+
 def _write(path, text):
     path.write_text(text)
     return path
