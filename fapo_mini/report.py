@@ -48,8 +48,21 @@ def spread(xs):
 
 
 def read_metrics(run: Path) -> list[dict]:
+    """The lines of run/metrics.jsonl ([] when there is none). A torn last line, what a run killed
+    while writing leaves, is left out; an unreadable line before it is a UserError naming it."""
     path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+    out = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if k == len(lines) - 1:
+                break
+            raise UserError(f"{path}:{i}: not a JSON line") from None
+    return out
 
 
 def seed_runs(folder: Path, arm: str) -> dict[int, list[dict]]:

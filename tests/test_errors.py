@@ -327,6 +327,18 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
     assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
 
 
+def test_report_reads_a_torn_metrics_line(tmp_path):
+    """A run killed while writing leaves a torn last line: report.read_metrics drops it; a bad
+    line before the last one is an error naming its file:line."""
+    run = tmp_path / "grpo_s0"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "accuracy": 0.5}\n{"step": 2, "accuracy": 0.75}\n{"step": 3, "acc')
+    assert report.read_metrics(run) == [{"step": 1, "accuracy": 0.5}, {"step": 2, "accuracy": 0.75}]
+    (run / "metrics.jsonl").write_text('{"step": 1, "accuracy": 0.5}\nprogress bar junk\n{"step": 3}\n')
+    with pytest.raises(errors.UserError, match=f"^{run / 'metrics.jsonl'}:2: not a JSON line$"):
+        report.read_metrics(run)
+
+
 def test_toyeval_bad_inputs(monkeypatch, capsys, tmp_path, dirs):
     """toyeval reads its splits as the trainers do: file:line for a malformed line, the field for
     a missing one or a prompt the oracle cannot score, the flag for --out / --max-new-tokens, the
