@@ -13,7 +13,8 @@ ground truth are scored:
     the toy world, `kinds`: [correct, total] per kind of solution (toyworld.flaw_kind).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
-    ProcessBench F1 (docs/method.md §7), per sample and with a majority vote over the n samples.
+    ProcessBench F1 (docs/method.md §7; left out unless both clean and flawed rows are there),
+    per sample and with a majority vote over the n samples.
 The last line printed is the JSON summary, with gen_tokens and gen_seconds (model
 loading excluded) so throughput compares with other engines. Bad input (a model folder,
 the data, labels, prompts too long for the model with --max-new-tokens, --out) ends
@@ -33,6 +34,7 @@ from fapo_mini import genrm, toycritic, toyworld
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
 from fapo_mini.detector import FlawDetector
 from fapo_mini.errors import UserError, cli
+from fapo_mini.genrm import NO_ERROR
 from fapo_mini.model import load_config, load_model, load_tokenizer
 from fapo_mini.preflight import check_critic_labels, check_output, check_prompts
 from fapo_mini.sampler import Sampler, SamplingParams
@@ -46,6 +48,19 @@ TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["pr
 def pass_at_k(n, c, k):
     """Unbiased pass@k (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k)."""
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def check_one_kind(rows, source) -> None:
+    """UserError when some rows have a ground truth and others not, or some are critic rows
+    (extra_info.total_steps) and others policy rows: the file would be scored as neither."""
+    gt = [get_field(r, "reward_model.ground_truth") is not None for r in rows]
+    if any(gt) and not all(gt):
+        raise UserError(f"{source}:{gt.index(False) + 1}: row has no 'reward_model.ground_truth' but row "
+                        f"{gt.index(True) + 1} has one; give every row one, or pass --no-score")
+    steps = [get_field(r, "extra_info.total_steps") is not None for r in rows]
+    if all(gt) and any(steps) and not all(steps):
+        raise UserError(f"{source}:{steps.index(False) + 1}: row has no 'extra_info.total_steps' but row "
+                        f"{steps.index(True) + 1} (a critic row) has: one file is policy rows or critic rows")
 
 
 def score_policy(rows, n, detector=None):
@@ -82,11 +97,14 @@ def score_critic(rows, n):
     labels = [int(get_field(r, "reward_model.ground_truth")) for r in rows]
     out = {"valid": sum(r["verdict"] is not None for r in rows) / len(rows)}
     out.update({f"fp_{k}": v for k, v in genrm.flawed_positive_metrics([r["verdict"] for r in rows], labels).items()})
-    out.update({f"pb_{k}": v for k, v in genrm.processbench_f1([r["verdict"] for r in rows], labels).items()})
+    both = NO_ERROR in labels and any(y != NO_ERROR for y in labels)   # ProcessBench F1 needs both kinds
+    if both:
+        out.update({f"pb_{k}": v for k, v in genrm.processbench_f1([r["verdict"] for r in rows], labels).items()})
     if n > 1:
         votes = [genrm.majority_vote([r["verdict"] for r in rows[i:i + n]]) for i in range(0, len(rows), n)]
         out["maj_fp_f1"] = genrm.flawed_positive_metrics(votes, labels[::n])["f1"]
-        out["maj_pb_f1"] = genrm.processbench_f1(votes, labels[::n])["f1"]
+        if both:
+            out["maj_pb_f1"] = genrm.processbench_f1(votes, labels[::n])["f1"]
     return out
 
 
@@ -116,12 +134,16 @@ def main():
                            ("top_k", args.top_k >= 0, ">= 0")):
         if not ok:
             raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+    if "" in args.stop:
+        raise UserError("--stop must be a non-empty string")
     check_output(args.out, folder=False)
 
     rows = load_rows(args.data)[:args.limit or None]
     validate_rows(rows, args.data, fields=("prompt",))
     has_gt = all(get_field(r, "reward_model.ground_truth") is not None for r in rows)
     critic = has_gt and all(get_field(r, "extra_info.total_steps") is not None for r in rows)
+    if not args.no_score:    # a file is scored whole, as policy rows or as critic rows, or not at all
+        check_one_kind(rows, args.data)
     if critic and not args.no_score:
         check_critic_labels(rows, args.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"

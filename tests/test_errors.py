@@ -327,6 +327,23 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
     assert status == 2 and last == f"error: --out {dirs['a_file']}: is a file, expected a folder", last
 
 
+def test_rollout_scores_a_file_whole_or_not_at_all(monkeypatch, capsys, tmp_path, dirs):
+    """A row without a ground truth among scored rows, or policy rows among critic rows, was
+    silently left unscored; now one line names it. --stop "" was an IndexError in the sampler."""
+    argv = ["rollout.py", "--model", str(dirs["good"]), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "4"]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [POLICY_ROW, {"prompt": "2+2?"}, POLICY_ROW])
+    assert run_cli(monkeypatch, capsys, rollout.main, argv + ["--data", str(mixed)]) == \
+        (2, f"error: {mixed}:2: row has no 'reward_model.ground_truth' but row 1 has one; give every row one, "
+            "or pass --no-score")
+    kinds = write_jsonl(tmp_path / "kinds.jsonl", [critic_row(0, 3), POLICY_ROW])
+    assert run_cli(monkeypatch, capsys, rollout.main, argv + ["--data", str(kinds)]) == \
+        (2, f"error: {kinds}:2: row has no 'extra_info.total_steps' but row 1 (a critic row) has: one file is "
+            "policy rows or critic rows")
+    assert run_cli(monkeypatch, capsys, rollout.main, argv + ["--data", str(dirs["policy"]), "--stop", ""]) == \
+        (2, "error: --stop must be a non-empty string")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_report_reads_a_torn_metrics_line(tmp_path):
     """A run killed while writing leaves a torn last line: report.read_metrics drops it; a bad
     line before the last one is an error naming its file:line."""

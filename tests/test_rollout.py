@@ -74,3 +74,24 @@ def test_toyeval_score_agrees_with_rollout_score_policy():
     assert mine["plain_accuracy"] == sum(toyworld.is_correct(s, p.answer) for p, s in plain) / len(plain)
     nothing = toyeval.score(rows[:3], ["x"] * 3)
     assert nothing["accuracy"] == 0 and nothing["fp_ratio"] is None
+
+
+def test_score_critic_by_hand_and_on_a_set_without_flawed_rows():
+    def row(label, verdict):
+        return {"prompt": "critique", "reward_model": {"ground_truth": label}, "extra_info": {"total_steps": 3},
+                "response": f"the first wrong step is \\boxed{{{verdict}}}"}
+    # n = 2: two critiques per sample; labels -1, -1, 1, 2
+    rows = [row(-1, -1), row(-1, 0), row(-1, -1), row(-1, -1), row(1, 1), row(1, 1), row(2, 0), row(2, -1)]
+    out = rollout.score_critic(rows, n=2)
+    assert [r["verdict"] for r in rows] == [-1, 0, -1, -1, 1, 1, 0, -1]
+    assert out["valid"] == 1.0
+    # ProcessBench: 2 of 4 flawed samples exact, 3 of 4 clean ones -1 -> F1 2 * 0.5 * 0.75 / 1.25
+    assert (out["pb_err_acc"], out["pb_correct_acc"]) == (0.5, 0.75)
+    assert out["pb_f1"] == pytest.approx(0.6)
+    # flawed-positive detection (any step named = flawed): tp 3, fp 1, fn 1 -> P = R = F1 = 0.75
+    assert out["fp_precision"] == out["fp_recall"] == out["fp_f1"] == pytest.approx(0.75)
+    # majority votes (ties to the first): -1, -1, 1, 0 -> ProcessBench err 1/2, clean 2/2 -> F1 2/3
+    assert out["maj_pb_f1"] == pytest.approx(2 / 3)
+    # only clean samples (a set of right solutions): ProcessBench F1 is not defined, so not reported
+    clean = rollout.score_critic([row(-1, -1), row(-1, 2)], n=1)
+    assert not any(k.startswith("pb_") for k in clean) and clean["fp_tn"] == 1 and clean["fp_fp"] == 1
