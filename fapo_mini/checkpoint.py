@@ -24,6 +24,7 @@ killed process is covered, a power cut may not be), remote storage. Assumes
 every rank sees the same file system.
 """
 
+import os
 import random
 import re
 import shutil
@@ -185,17 +186,24 @@ def set_rng_state(state: dict, generators: dict | None = None) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_config(saved: dict, current: dict, ignore=()) -> None:
+def check_config(saved: dict, current: dict, ignore=(), paths=()) -> None:
     """Raise ValueError naming the first setting that differs between the saved run and this one.
 
-    Keys in `ignore` (e.g. steps, save_every, out) may change on resume.
+    Keys in `ignore` (e.g. steps, save_every, out) may change on resume. Keys in `paths` hold
+    file names and are compared as the files they name from here (`runs/sft/` is `runs/sft`,
+    and so is its absolute path).
     """
     missing = object()
+
+    def same(key, a, b):
+        if key in paths and isinstance(a, str) and isinstance(b, str):
+            return os.path.realpath(a) == os.path.realpath(b)
+        return a == b
     for key in [*current, *(k for k in saved if k not in current)]:
         if key in ignore:
             continue
         here, there = current.get(key, missing), saved.get(key, missing)
-        if here != there:
+        if not same(key, here, there):
             here_s = "unset" if here is missing else repr(here)
             there_s = "unset" if there is missing else repr(there)
             raise ValueError(

@@ -154,7 +154,7 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
         metrics_path, start = out / "metrics.jsonl", 0
         if ckpt is not None:
             state, rank_state = load_state(ckpt, info.rank)
-            check_config(state["config"], config, ignore=RESUMABLE)
+            check_config(state["config"], config, ignore=RESUMABLE, paths=("model", "data", "genrm"))
             if args.fsdp:
                 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
                 opt_state = load_sharded(ckpt, {"optimizer": get_optimizer_state_dict(model, opt)})["optimizer"]

@@ -156,6 +156,18 @@ def test_check_config_names_the_field():
         check_config(saved, {k: v for k, v in saved.items() if k != "lr"})
 
 
+def test_check_config_compares_paths_as_the_files_they_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "sft").mkdir(parents=True)
+    saved = {"model": "runs/sft", "data": "train.jsonl", "lam": 1.0}
+    for model in ("runs/sft/", "./runs/sft", str(tmp_path / "runs" / "sft")):
+        check_config(saved, {**saved, "model": model, "data": str(tmp_path / "train.jsonl")}, paths=("model", "data"))
+    with pytest.raises(ValueError, match=r"--model is 'runs/sft2' here, 'runs/sft' in the checkpoint"):
+        check_config(saved, {**saved, "model": "runs/sft2"}, paths=("model", "data"))
+    with pytest.raises(ValueError, match=r"--model is 'runs/sft/' here"):     # not a path key: compared as text
+        check_config(saved, {**saved, "model": "runs/sft/"})
+
+
 def test_graceful_stop_on_sigterm():
     before = signal.getsignal(signal.SIGTERM)
     with GracefulStop() as stop:
