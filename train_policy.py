@@ -16,7 +16,8 @@ One step (docs/method.md §4 and §6; the loop itself is fapo_mini/rl.py, shared
   4. r = outcome - lam * flawed (FAPO), group advantages, PPO-clip update.
 On toy-world data the oracle's flawed-positive ratio is always logged (`fp_ratio`, over the
 correct rollouts of toy-world rows when the data mixes sources), whatever the judge;
-`judge_fp_ratio` is the judge's own view.
+`judge_fp_ratio` is the GenRM's view whenever --genrm is given (with --judge none or oracle it
+is measured only, as the paper tracks its GenRM beside a GRPO run).
 """
 import argparse
 
@@ -38,7 +39,8 @@ def main():
     g = ap.add_argument_group("FAPO reward")
     g.add_argument("--lam", type=float, default=1.0, help="penalty for a flawed positive (0 = GRPO)")
     g.add_argument("--judge", choices=("genrm", "oracle", "none"), default="genrm")
-    g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; also measures with --judge none)")
+    g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; with --judge none or oracle it only "
+                                   "measures: judge_fp_ratio)")
     g.add_argument("--genrm-max-new-tokens", type=int, default=256)
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
     g.add_argument("--genrm-max-rows", type=int, default=256,
@@ -75,7 +77,7 @@ def main():
             oracle = [i in flawed_toy for i in pos]          # read only with --judge oracle: all rows are toy
             counts["fp_ratio"] = (len(flawed_toy), len(toy_pos))
         judged = [False] * len(pos)
-        if detector is not None and args.judge in ("genrm", "none"):
+        if detector is not None:                   # with --judge none / oracle: measured, not rewarded
             before = detector.critiqued
             judged, n_invalid = detector([row_of[i] for i in pos], [samples[i].text for i in pos])
             counts["judge_fp_ratio"] = (sum(judged), len(pos))

@@ -128,3 +128,22 @@ def test_tensorboard_curves_equal_metrics_jsonl_across_the_resume(resumed):
         got = [(e.step, e.value) for e in acc.Scalars(key)]
         assert [s for s, _ in got] == [s for s, _ in curve], key
         assert [v for _, v in got] == pytest.approx([v for _, v in curve], rel=1e-6, abs=1e-30), key  # float32
+
+
+def test_oracle_judged_run_measures_its_genrm(tmp_path):
+    """--judge oracle --genrm: the oracle sets the rewards, the GenRM is measured (judge_fp_ratio).
+    The policy's `ans=6` skips every step, so the oracle flags every correct rollout; the GenRM's
+    coin flips flag about half, and the reward follows the oracle's count, not the GenRM's."""
+    policy, genrm = bigram_folder(tmp_path / "policy", POLICY), bigram_folder(tmp_path / "genrm", GENRM)
+    out = tmp_path / "out"
+    res = run([str(x) for x in [
+        sys.executable, "train_policy.py", "--model", policy, "--data", answer_6_rows(tmp_path / "train.jsonl"),
+        "--out", out, "--steps", 2, "--prompts-per-step", 4, "--group-size", 4, "--max-new-tokens", 8,
+        "--lam", 1, "--judge", "oracle", "--genrm", genrm, "--genrm-temperature", 1.0, "--genrm-max-new-tokens", 12]])
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = metrics(out)
+    for m in lines:
+        assert m["fp_ratio"] in (1.0, None)                        # None: no correct rollout that step
+        acc = m["accuracy"]
+        assert m["reward"] == pytest.approx(2 * acc - 1 - acc * (m["fp_ratio"] or 0), abs=1e-12)
+    assert any(0 < (m["judge_fp_ratio"] or 0) < 1 for m in lines), lines
