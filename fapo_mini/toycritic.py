@@ -134,7 +134,16 @@ def main():
     if not 0 <= args.test_share < 1:
         raise UserError("--test-share must be in [0, 1)")
     check_output(args.out, folder=True)
-    validate_rows(load_rows(args.rollouts), args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))
+    rows = load_rows(args.rollouts)
+    validate_rows(rows, args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))
+    for i, row in enumerate(rows, start=1):          # the oracle labels toy-world rollouts only
+        try:
+            parse_prompt(row["prompt"])
+        except (ValueError, TypeError):
+            raise UserError(f"{args.rollouts}:{i}: field 'prompt' is not a toy-world prompt: toycritic labels "
+                            "rollouts with the toy world's oracle (rollout.py on its rows)") from None
+        if not isinstance(row["response"], str):
+            raise UserError(f"{args.rollouts}:{i}: field 'response' must be a string")
     build(args)
 
 

@@ -315,6 +315,11 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
     status, last = run_cli(monkeypatch, capsys, toycritic.main, ["toycritic", "--rollouts", str(dirs["policy"]),
                                                                  "--out", str(tmp_path / "c")])
     assert status == 2 and last == f"error: {dirs['policy']}:1: row is missing field 'response'", last
+    math_rollouts = write_jsonl(tmp_path / "math_rollouts.jsonl", [{**POLICY_ROW, "response": "2"}])
+    status, last = run_cli(monkeypatch, capsys, toycritic.main, ["toycritic", "--rollouts", str(math_rollouts),
+                                                                 "--out", str(tmp_path / "c")])
+    assert status == 2 and last == (f"error: {math_rollouts}:1: field 'prompt' is not a toy-world prompt: toycritic "
+                                    "labels rollouts with the toy world's oracle (rollout.py on its rows)"), last
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "grpo_s0_test.json").write_text("progress bar junk\n")
     status, last = run_cli(monkeypatch, capsys, report.main, ["report", "--out", str(tmp_path)])
