@@ -13,13 +13,12 @@ R.jsonl is rollout.py's output on toy policy rows; DIR gets critic_train.jsonl,
 critic_test.jsonl (held out by prompt) and sft_genrm.jsonl (warm-start critiques).
 """
 import argparse
-import json
 import os
 import random
 import re
 
 from fapo_mini.errors import UserError, cli
-from fapo_mini.toyworld import first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
+from fapo_mini.toyworld import check_toy_prompts, first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
 
 
 def critic_prompt(prompt: str, solution: str) -> str:
@@ -81,22 +80,10 @@ def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, s
     return [item for i, item in enumerate(items) if i in keep]
 
 
-def build(args):
+def build(args, rows):
     """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
-    (rollout.py output rows), labelled by the oracle, balanced flawed / clean, split by prompt."""
-    if not os.path.isfile(args.rollouts):
-        raise UserError(f"--rollouts {args.rollouts}: no such file")
-    rows = []
-    with open(args.rollouts) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{args.rollouts}:{lineno}: not a JSON line ({e.msg})") from None
-                if not {"prompt", "response", "reward_model"} <= set(rows[-1]):
-                    raise UserError(f"{args.rollouts}:{lineno}: a rollout row needs prompt, response and "
-                                    "reward_model (rollout.py's output)")
+    (rollout.py output rows, read and checked by main), labelled by the oracle, balanced flawed /
+    clean, split by prompt."""
     items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
                                if is_correct(r["response"], r["reward_model"]["ground_truth"])))
     if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
@@ -134,17 +121,14 @@ def main():
     if not 0 <= args.test_share < 1:
         raise UserError("--test-share must be in [0, 1)")
     check_output(args.out, folder=True)
-    rows = load_rows(args.rollouts)
+    rows = load_rows(args.rollouts)                  # file:line for a malformed line
     validate_rows(rows, args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))
-    for i, row in enumerate(rows, start=1):          # the oracle labels toy-world rollouts only
-        try:
-            parse_prompt(row["prompt"])
-        except (ValueError, TypeError):
-            raise UserError(f"{args.rollouts}:{i}: field 'prompt' is not a toy-world prompt: toycritic labels "
-                            "rollouts with the toy world's oracle (rollout.py on its rows)") from None
+    check_toy_prompts(rows, args.rollouts, ": toycritic labels rollouts with the toy world's oracle "
+                                           "(rollout.py on its rows)")
+    for i, row in enumerate(rows, start=1):
         if not isinstance(row["response"], str):
             raise UserError(f"{args.rollouts}:{i}: field 'response' must be a string")
-    build(args)
+    build(args, rows)
 
 
 if __name__ == "__main__":

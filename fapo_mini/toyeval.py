@@ -105,12 +105,7 @@ def main():
         if not splits[name]:
             raise UserError(f"{path}: no rows")
         validate_rows(splits[name], path, ("prompt", "reward_model.ground_truth"))
-        for i, row in enumerate(splits[name], start=1):
-            try:                               # the oracle scores toy-world prompts only
-                toyworld.parse_prompt(row["prompt"])
-            except (ValueError, TypeError):
-                raise UserError(f"{path}:{i}: field 'prompt' is not a toy-world prompt "
-                                "(python -m fapo_mini.toyworld world writes the splits)") from None
+        toyworld.check_toy_prompts(splits[name], path, " (python -m fapo_mini.toyworld world writes the splits)")
     for name, folder in runs:                  # before any sampling: every model against every split
         cfg, tok = load_config(folder), load_tokenizer(folder)
         for split, rows in splits.items():

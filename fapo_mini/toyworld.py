@@ -105,6 +105,16 @@ def parse_prompt(prompt: str) -> Problem:
     return Problem(int(m.group(2)), tuple((op, int(c)) for _, _, op, c in steps), cue=m.group(1) == CUE)
 
 
+def check_toy_prompts(rows: list[dict], source, why: str) -> None:
+    """UserError naming the first row (1-based) whose `prompt` is not a toy-world prompt;
+    `why` says what needed one (the oracle, which only reads toy-world prompts)."""
+    for i, row in enumerate(rows, start=1):
+        try:
+            parse_prompt(row["prompt"])
+        except (ValueError, TypeError):
+            raise UserError(f"{source}:{i}: field 'prompt' is not a toy-world prompt{why}") from None
+
+
 def _to_problem(p) -> Problem:
     return p if isinstance(p, Problem) else parse_prompt(p)
 
