@@ -4,8 +4,9 @@
 #   ./demo.sh                 the default run: GRPO, FAPO-GenRM and FAPO-oracle x 3 seeds (docs/results.md
 #                             has its wall time)
 #   ./demo.sh --seeds 5       the robustness run: 5 seeds, and what the default run leaves out for time:
-#                             the strict arm (lam 2), the GenRM's outcome-reward ablation and the early
-#                             phase (lam 1 against strict from a weak warm start)
+#                             the strict arm (lam 2), the GenRM's outcome-reward ablation, the early
+#                             phase (lam 1 against strict from a weak warm start) and a second scoring
+#                             of every final policy at the paper's top-p 0.7
 #   ./demo.sh --full          those three at the default 3 seeds (--full is implied by --seeds 5 or more)
 #   ./demo.sh --quick         the whole chain, all four arms, at toy sizes (about two minutes; what the tests run)
 #   DEMO_SFT_RANKS=1 ./demo.sh --out runs/demo-sft1
@@ -69,8 +70,8 @@ if [ "$QUICK" = 1 ]; then
   N_SFT=2000; MODEL=d64-l2; SFT_STEPS=30; SFT_BATCH=32; GENRM_PROMPTS=200; GENRM_SFT_STEPS=20; GENRM_BATCH=32
   GENRM_RL_STEPS=2; GENRM_PPS=4; RL_STEPS=3; PPS=4; N_TEST=40; N_SHIFT=40; N_HARD=40; FILL=50; WEAK_SFT_STEPS=15; WEAK_RL_STEPS=3
 else
-  N_SFT=20000; MODEL=d96-l4; SFT_STEPS=500; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
-  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=45; PPS=12; N_TEST=1000; N_SHIFT=250; N_HARD=100; FILL=0; WEAK_SFT_STEPS=400; WEAK_RL_STEPS=15
+  N_SFT=20000; MODEL=d96-l4; SFT_STEPS=700; SFT_BATCH=64; GENRM_PROMPTS=1000; GENRM_SFT_STEPS=80; GENRM_BATCH=64
+  GENRM_RL_STEPS=8; GENRM_PPS=16; RL_STEPS=45; PPS=12; N_TEST=1000; N_SHIFT=250; N_HARD=100; FILL=0; WEAK_SFT_STEPS=500; WEAK_RL_STEPS=15
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/eval"
 record() {  # record FILE NAME T0: append "NAME <tab> seconds since T0" to FILE
@@ -85,13 +86,14 @@ stage() {  # stage NAME command...: run it and record its wall time in OUT/times
 last_ckpt() { echo "$1/ckpt/$(ls "$1/ckpt" | tail -1)/model"; }
 
 # 1. the world: policy rows (train, held-out test / hard / shift), flawed-teacher traces, tokenizer.
-#    test has 1000 problems: FAPO and GRPO differ there by about 0.025, and at 250 problems one
+#    test has 1000 problems: the arms' test accuracies differ by a few hundredths, and at 250 problems one
 #    accuracy's own sampling error (about 0.019) hides that (docs/toyworld.md, "How big the held-out splits are")
 stage data $PY -m fapo_mini.toyworld world --out "$OUT/data" --n-train $GENRM_PROMPTS --n-sft $N_SFT \
   --n-test $N_TEST --n-hard $N_HARD --n-shift $N_SHIFT
 
-# 2. policy warm start on the flawed teacher: long enough to pass both drops of its loss, so that another
-#    CPU's rounding gives a like policy (docs/toyworld.md, "The warm start is sensitive to float rounding")
+# 2. policy warm start on the flawed teacher: long enough to pass both drops of its loss (at 500 steps, cosine
+#    over that length, this world's data missed the second), so that another CPU's rounding gives a like
+#    policy (docs/toyworld.md, "The warm start is sensitive to float rounding")
 stage policy_sft $SFT --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/policy_sft"
 
@@ -111,8 +113,8 @@ for reward in $GENRM_REWARDS; do
     --steps $GENRM_RL_STEPS --prompts-per-step $GENRM_PPS --group-size 8 --max-new-tokens 160 --lr 1e-4 --warmup 2
 done
 # 4b. (--full) the early phase needs RL to start where groups have more wrong than right answers: a second,
-#     weak warm start, the same data and recipe with WEAK_SFT_STEPS steps (cosine over that length), whose
-#     right answers are mostly shortcuts (docs/toyworld.md, "The early phase")
+#     weak warm start, the same data and recipe with WEAK_SFT_STEPS steps (cosine over that length), which
+#     misses the loss's second drop: test accuracy about 0.4, 40% of its right answers shortcuts (docs/toyworld.md, "The early phase")
 [ "$FULL" = 1 ] && stage weak_sft $SFT --data "$OUT/data/sft_policy.jsonl" --tokenizer "$OUT/data/tokenizer" \
   --new-model $MODEL --steps $WEAK_SFT_STEPS --batch-size $SFT_BATCH --lr 2e-3 --out "$OUT/weak_sft"
 GENRM=$(last_ckpt "$OUT/genrm_rl_step")
@@ -124,7 +126,7 @@ GENRMS="sft:$OUT/genrm_sft rl_step:$GENRM"
 #    process of one thread, LANES of them side by side: on two cores, two such runs take about 2/3 of
 #    the wall time of two 2-rank torchrun runs one after the other, which spend a third of theirs
 #    starting up (docs/toyworld.md, "Where the time goes"). Each run's final policy is evaluated on the
-#    held-out splits (temperature 1, and again on test and shift at the paper's top-p 0.7; the oracle
+#    held-out splits (temperature 1, and with --full again on test and shift at the paper's top-p 0.7; the oracle
 #    judges flaws) as soon as it ends, like the warm start and the GenRMs, so a stopped demo keeps the
 #    runs it finished. Every job logs to OUT/logs/; a stop (Ctrl-C) reaches each RL run, which
 #    saves its step and exits.
@@ -150,8 +152,8 @@ train() {  # train NAME LOG RUN MODEL STEPS ARM SEED: one policy RL run, one pro
     ${FLAGS[$6]} --seed $7 --steps $5 --prompts-per-step $PPS --group-size 8 --max-new-tokens 64 \
     --lr 1e-4 --warmup 2 --mini-batches 1 --genrm-max-new-tokens 160 >> "$2"
 }
-evals() {  # evals LOG NAME=MODEL: one policy's held-out evaluations, at top-p 1.0 and at the paper's 0.7
-  timed eval "$1" $EVAL "$2" && timed eval_top_p "$1" $EVAL_TOP_P "$2"
+evals() {  # evals LOG NAME=MODEL: one policy's held-out evaluations, at top-p 1.0 and (--full) at the paper's 0.7
+  timed eval "$1" $EVAL "$2" && { [ "$FULL" = 0 ] || timed eval_top_p "$1" $EVAL_TOP_P "$2"; }
 }
 rl_run() {  # rl_run ARM SEED: train, then evaluate the final policy unless the run was stopped first
   local arm=$1 seed=$2 run="$OUT/rl/$1_s$2" log="$OUT/logs/$1_s$2.log"

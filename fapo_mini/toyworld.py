@@ -5,11 +5,13 @@ guess. Here a problem is a chain of k operations on digits mod 10, a solution wr
 one line per step, and `first_error` knows the first wrong line exactly.
 
 The flaw FAPO removes is a shortcut from a surface cue (docs/method.md §9). Some
-prompts start with `#`; on those training problems the chain returns to its start
-value, so `ans=` can be read off `a` with no computation. The flawed teacher takes
-that shortcut on half of them: its answer is right, its reasoning is absent, and
-outcome reward cannot tell it from a computed answer. The held-out `shift` split keeps
-the cue and breaks the rule; there only a policy that computes is right.
+prompts start with `#`; on 90% of those problems (RULE_SHARE) the chain returns to its
+start value, so `ans=` can be read off `a` with no computation. The flawed teacher takes
+that shortcut on half of the cue problems: where the rule holds its answer is right and
+its reasoning absent, and outcome reward cannot tell it from a computed answer; where
+the rule fails the shortcut is wrong, as a real guess sometimes is. The held-out `shift`
+split keeps the cue and breaks the rule everywhere; there only a policy that computes is
+right.
 
     prompt    a=7;b=a+5;c=b*3;?c\\n          #a=4;b=a+5;c=b+5;?c\\n   (cue: c equals a)
     solution  b=7+5=2\\nc=2*3=6\\nans=6       b=4+5=9\\nc=9+5=4\\nans=4  (the tokenizer's EOS ends it)
@@ -35,7 +37,8 @@ OPS = [("+", c) for c in range(1, 10)] + [("-", c) for c in range(1, 10)] + [("*
 SPLIT_STEPS = {"train": (2, 6), "test": (2, 6), "hard": (7, 10), "shift": (2, 6)}  # inclusive ranges of k
 HELDOUT_SHARE = 0.2  # share of all prompts (by a stable hash) that train never sees
 CUE = "#"            # the surface cue a prompt may start with
-CUE_SHARE = 0.3      # train / test / hard: share of cue problems (the chain returns to a); shift: all cue, rule broken
+CUE_SHARE = 0.3      # train / test / hard: share of cue problems; shift: all cue, rule broken
+RULE_SHARE = 0.9     # train / test / hard: share of cue problems whose chain returns to a (the rule holds)
 SHORTCUT_SHARE = 0.5  # the teacher's share of shortcut traces on cue problems
 STYLES = ("clean", "shortcut", "jump", "sloppy")
 # the teacher's style on every problem it does not shortcut; jump and sloppy are flaws outcome
@@ -148,7 +151,8 @@ def generate(n: int, seed: int, split: str, *, steps: tuple[int, int] | None = N
     train draws from the non-held-out hash bucket, test, hard and shift from the held-out
     one, so train never meets a held-out prompt whatever the ranges. `steps` = (min_k,
     max_k) inclusive, default SPLIT_STEPS[split]. train / test / hard: a problem is a cue
-    problem (its chain returns to a) with probability CUE_SHARE; shift: every problem
+    problem with probability CUE_SHARE, and a cue problem's chain returns to a with
+    probability RULE_SHARE (else its answer is not a's value); shift: every problem
     carries the cue and its answer is never a's value.
     """
     if split not in SPLIT_STEPS:
@@ -162,7 +166,10 @@ def generate(n: int, seed: int, split: str, *, steps: tuple[int, int] | None = N
         if len(out) == n:
             break
         kind = "shift" if split == "shift" else "cue" if rng.random() < CUE_SHARE else "plain"
-        p = _draw(rng, rng.randint(lo, hi), kind)
+        k = rng.randint(lo, hi)
+        if kind == "cue" and rng.random() > RULE_SHARE:      # a cue problem whose rule fails
+            kind = "shift"
+        p = _draw(rng, k, kind)
         if p is not None and p.prompt not in seen and is_heldout(p.prompt) == (split != "train"):
             seen.add(p.prompt)
             out.append(p)
@@ -247,8 +254,9 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
     """A solution in one of STYLES.
 
     clean:    every step, then ans.                                      first_error -1
-    shortcut: only `ans=<a's value>`: the cue's rule, no computation; right on cue
-              problems of train / test / hard, wrong on every shift problem. first_error 0
+    shortcut: only `ans=<a's value>`: the cue's rule, no computation; right on the cue
+              problems whose rule holds, wrong where it fails and on every shift
+              problem.                                                  first_error 0
     jump:     all steps but the last j (j = `jump`, else rng in 1..min(max_jump, k)),
               then ans; right, but not supported by the written steps.  first_error k - j
     sloppy:   step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
