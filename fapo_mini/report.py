@@ -12,7 +12,7 @@ Layout it reads (written by demo.sh):
     OUT/early/<arm>_s<seed>/metrics.jsonl   the same for the early-phase runs from the weak warm start (--full)
     OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
     OUT/eval/warm_start_<split>.json        the same for the policy warm start
-    OUT/eval_top_p/...                      the same at the paper's evaluation setting (top-p 0.7), test and shift
+    OUT/eval_top_p/...                      the same at the paper's evaluation setting (top-p 0.7), test and shift (--full)
     OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
     OUT/times.tsv                           stage <tab> wall seconds, one stage after another
     OUT/jobs.tsv                            job <tab> seconds, for the jobs the last stage ran side by side
