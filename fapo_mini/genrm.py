@@ -6,8 +6,8 @@ first wrong step, or -1 for "no error" (docs/method.md §3; paper §3.1). Everyt
 text lives here: the two prompt templates the authors use, step splitting and
 `<paragraph_i>` tagging, verdict parsing (the benchmark's and the policy-time one), the
 GenRM's own RL reward, and the metrics of its two benchmarks (docs/method.md §7). Nothing here
-imports torch or loads a model: the flaw detector that runs a GenRM during policy training
-is fapo_mini/detector.py.
+imports torch or loads a model: the judge that runs a GenRM during policy training is
+fapo_mini/judge.py (GenRMJudge).
 
 What it simplifies away: no chat template (the prompts are the user turn's text; the
 tokenizer's `apply_chat_template` wraps them), no sampling, no per-subset bookkeeping
@@ -57,21 +57,6 @@ VERDICT_WINDOW = 300  # docs/method.md §3: the verdict is read from the critiqu
 NO_ERROR = -1  # the verdict for a solution without a wrong step
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _check_index(name: str, value, n_steps: int) -> None:
-    """Raise unless `value` is a step index in -1..n_steps-1."""
-    if not _is_int(value) or not -1 <= value < n_steps:
-        raise ValueError(f"{name} must be an int in -1..{n_steps - 1}, got {value!r}")
-
-
-def _check_n_steps(n_steps) -> None:
-    if not _is_int(n_steps) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-
-
 # ---------------------------------------------------------------- steps and prompts
 
 def split_steps(solution: str, by: str = "blank") -> list[str]:
@@ -82,14 +67,8 @@ def split_steps(solution: str, by: str = "blank") -> list[str]:
     authors split on "\\n\\n" exactly (inferred). `by="line"`: one step per line (the toy world).
     `split_steps("a\\n\\n\\nb\\nc")` -> `["a", "b\\nc"]`; with `by="line"` -> `["a", "b", "c"]`.
     """
-    if not isinstance(solution, str):
-        raise ValueError(f"solution must be a str, got {type(solution).__name__}")
-    if by == "blank":
-        parts = solution.split("\n\n")
-    elif by == "line":
-        parts = solution.splitlines()
-    else:
-        raise ValueError(f"by must be 'blank' or 'line', got {by!r}")
+    assert by in ("blank", "line"), by
+    parts = solution.split("\n\n") if by == "blank" else solution.splitlines()
     return [p.strip() for p in parts if p.strip()]
 
 
@@ -98,21 +77,13 @@ def tag_steps(steps: list[str]) -> str:
 
     `["a", "b"]` -> `"<paragraph_0>\\na\\n</paragraph_0>\\n\\n<paragraph_1>\\nb\\n</paragraph_1>"`.
     """
-    if not isinstance(steps, (list, tuple)) or not steps:
-        raise ValueError("steps must be a non-empty list of strings")
-    for i, step in enumerate(steps):
-        if not isinstance(step, str) or not step.strip():
-            raise ValueError(f"step {i} must be a non-empty str, got {step!r}")
     # docs/method.md §3: each step i as <paragraph_i>\n{step}\n</paragraph_i>, joined by a blank line
     return "\n\n".join(f"<paragraph_{i}>\n{step}\n</paragraph_{i}>" for i, step in enumerate(steps))
 
 
 def critic_prompt(problem: str, ground_truth, steps: list[str]) -> str:
     """The GenRM's training / benchmark prompt for a solution already split into steps."""
-    if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"problem must be a non-empty str, got {problem!r}")
-    solution = tag_steps(steps)
-    return CRITIC_TEMPLATE.format(problem=problem, ground_truth=ground_truth, solution=solution)
+    return CRITIC_TEMPLATE.format(problem=problem, ground_truth=ground_truth, solution=tag_steps(steps))
 
 
 def policy_critic_prompt(problem: str, ground_truth, solution: str) -> str:
@@ -120,12 +91,7 @@ def policy_critic_prompt(problem: str, ground_truth, solution: str) -> str:
 
     The GenRM is left to split the solution into steps itself; only "-1 or not" is used.
     """
-    if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"problem must be a non-empty str, got {problem!r}")
-    if not isinstance(solution, str) or not solution.strip():
-        raise ValueError(f"solution must be a non-empty str, got {solution!r}")
-    return POLICY_CRITIC_TEMPLATE.format(
-        problem=problem, ground_truth=ground_truth, solution=solution)
+    return POLICY_CRITIC_TEMPLATE.format(problem=problem, ground_truth=ground_truth, solution=solution)
 
 
 # ---------------------------------------------------------------- verdicts and rewards
@@ -136,9 +102,6 @@ def parse_verdict(text: str, n_steps: int) -> int | None:
     None when there is no box, its content is not an integer (`"2.5"`, `"two"`), or the
     index is out of range; valid is -1 or 0..n_steps-1. `"... \\boxed{3}"` with 5 steps -> 3.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"text must be a str, got {type(text).__name__}")
-    _check_n_steps(n_steps)
     answer = extract_boxed(text[-VERDICT_WINDOW:])  # docs/method.md §3: last box in the last 300 chars
     # An integer as int() reads one (spaces, a sign), ASCII digits only.
     if answer is None or not re.fullmatch(r"\s*[+-]?[0-9]+\s*", answer):
@@ -152,10 +115,6 @@ def outcome_reward(pred: int | None, label: int) -> float:
 
     `pred` is `parse_verdict`'s output (None = invalid), `label` the first wrong step or -1.
     """
-    if pred is not None and (not _is_int(pred) or pred < -1):
-        raise ValueError(f"pred must be None or an int >= -1, got {pred!r}")
-    if not _is_int(label) or label < -1:
-        raise ValueError(f"label must be an int >= -1, got {label!r}")
     if pred is None:
         return -1.0  # docs/method.md §3: invalid / unparsable -> -1
     return 1.0 if (pred == NO_ERROR) == (label == NO_ERROR) else -1.0  # docs/method.md §3 (paper Eq. 7): R_outcome
@@ -167,12 +126,9 @@ def step_reward(pred: int | None, label: int, n_steps: int) -> float:
     - pred None (invalid verdict): -1
     - label -1 (clean): +1 if pred is -1, else -1
     - label >= 0 (flawed): -1 if pred is -1, else 1 - abs(pred - label) / n_steps
-    e.g. `step_reward(2, 4, 8)` -> 0.75.
+    e.g. `step_reward(2, 4, 8)` -> 0.75. `pred` is `parse_verdict`'s output, `label` in
+    -1..n_steps-1 (preflight.check_critic_labels checks the rows before training).
     """
-    _check_n_steps(n_steps)
-    _check_index("label", label, n_steps)
-    if pred is not None:
-        _check_index("pred", pred, n_steps)
     reward = outcome_reward(pred, label)
     if pred is not None and pred != NO_ERROR and label != NO_ERROR:
         reward -= abs(pred - label) / n_steps  # docs/method.md §3 (paper Eq. 7): R_process = -|t - t*| / n
@@ -180,18 +136,6 @@ def step_reward(pred: int | None, label: int, n_steps: int) -> float:
 
 
 # ---------------------------------------------------------------- benchmarks
-
-def _check_pairs(preds, labels) -> None:
-    if len(preds) != len(labels) or not preds:
-        raise ValueError("preds and labels must be non-empty and equally long, "
-                         f"got {len(preds)} and {len(labels)}")
-    for label in labels:
-        if not _is_int(label) or label < -1:
-            raise ValueError(f"labels must be ints >= -1, got {label!r}")
-    for pred in preds:
-        if pred is not None and not _is_int(pred):
-            raise ValueError(f"preds must be ints or None, got {pred!r}")
-
 
 def _ratio(num: int, den: int) -> float:
     return num / den if den else 0.0
@@ -207,7 +151,7 @@ def flawed_positive_metrics(preds: list[int | None], labels: list[int]) -> dict:
     Predicted flawed = `pred != -1`, so an invalid verdict (None) counts as flawed.
     Returns precision, recall, f1, acc and the confusion counts tp, fp, fn, tn.
     """
-    _check_pairs(preds, labels)
+    assert len(preds) == len(labels) > 0, (len(preds), len(labels))
     tp = fp = fn = tn = 0
     for pred, label in zip(preds, labels):
         said_flawed, is_flawed = pred != NO_ERROR, label != NO_ERROR  # docs/method.md §7: None -> flawed
@@ -225,13 +169,12 @@ def processbench_f1(preds: list[int | None], labels: list[int]) -> dict:
 
     err_acc: share of erroneous samples whose first wrong step is found exactly;
     correct_acc: share of clean samples answered -1; f1: their harmonic mean.
-    Both kinds of sample must be present.
+    Both kinds of sample must be present: a precondition the caller checks (rollout.py does).
     """
-    _check_pairs(preds, labels)
+    assert len(preds) == len(labels), (len(preds), len(labels))
     erroneous = [(p, y) for p, y in zip(preds, labels) if y != NO_ERROR]
     clean = [p for p, y in zip(preds, labels) if y == NO_ERROR]
-    if not erroneous or not clean:
-        raise ValueError(f"need erroneous and clean samples, got {len(erroneous)} and {len(clean)}")
+    assert erroneous and clean, f"need erroneous and clean samples, got {len(erroneous)} and {len(clean)}"
     err_acc = sum(p == y for p, y in erroneous) / len(erroneous)  # docs/method.md §7: exact first error
     correct_acc = sum(p == NO_ERROR for p in clean) / len(clean)  # docs/method.md §7: -1 on clean ones
     return dict(err_acc=err_acc, correct_acc=correct_acc, f1=_harmonic(err_acc, correct_acc))
@@ -253,15 +196,17 @@ def processbench_row(row: dict) -> tuple[str, list[str], int]:
 
     A row holds `problem`, `steps` (list of str), `label` (first wrong step or -1) and
     `final_answer_correct`; FlawedPositiveBench keeps the rows where the latter is true.
+    ProcessBench data enters here, so a malformed row is a ValueError that names the field.
     """
     missing = {"problem", "steps", "label"} - set(row)
     if missing:
         raise ValueError(f"ProcessBench row lacks {sorted(missing)}")
-    steps = list(row["steps"])
+    steps, label = list(row["steps"]), row["label"]
     if not steps or not all(isinstance(s, str) for s in steps):
         raise ValueError("ProcessBench row's steps must be a non-empty list of strings")
-    _check_index("label", row["label"], len(steps))
-    return row["problem"], steps, row["label"]
+    if type(label) is not int or not -1 <= label < len(steps):
+        raise ValueError(f"ProcessBench row's label must be an int in -1..{len(steps) - 1}, got {label!r}")
+    return row["problem"], steps, label
 
 
 # ---------------------------------------------------------------- the policy-time verdict

@@ -39,10 +39,7 @@ def fapo_rewards(correct, flawed, lam=1.0):
     Example: correct=[T, T, F], flawed=[F, T, T], lam=1 -> [1., 0., -1.]
     """
     correct, flawed = torch.as_tensor(correct), torch.as_tensor(flawed)
-    if correct.dtype != torch.bool or flawed.dtype != torch.bool:
-        raise ValueError(f"correct and flawed must be bool, got {correct.dtype} and {flawed.dtype}")
-    if correct.shape != flawed.shape:
-        raise ValueError(f"correct {tuple(correct.shape)} and flawed {tuple(flawed.shape)} differ in shape")
+    assert correct.shape == flawed.shape, (correct.shape, flawed.shape)
     outcome = torch.where(correct, 1.0, -1.0)
     # docs/method.md §4 (paper §3.2, Eq. 8): r = (+1 if correct else -1) - lambda * [correct and flawed]
     return (outcome - lam * (correct & flawed).float()).float()
@@ -54,11 +51,20 @@ def overlong_penalty(lengths, max_len, buffer):
     Zero up to max_len - buffer tokens, then falls linearly to -1 at max_len.
     Example: max_len=10, buffer=4, lengths=[5, 6, 8, 10] -> [0., 0., -0.5, -1.]
     """
-    if not 0 < buffer <= max_len:
-        raise ValueError(f"need 0 < buffer <= max_len, got buffer={buffer}, max_len={max_len}")
     lengths = torch.as_tensor(lengths, dtype=torch.float32)
     # docs/method.md §8, DAPO's soft overlong punishment: R_length = min(-(L - (L_max - B)) / B, 0)
     return torch.clamp(-(lengths - (max_len - buffer)) / buffer, max=0.0)
+
+
+def equal_reward_groups(rewards, group_size):
+    """(G,) bool: True where every reward of the group is the same (a group with no signal).
+
+    rewards: (N,), laid out group after group. Exact float equality, not a std below a
+    tolerance (see group_advantages). A group of one is all-equal.
+    Example: rewards=[1, 1, 0, -1, -1, -1], group_size=3 -> [False, True]
+    """
+    r = torch.as_tensor(rewards).view(-1, group_size)  # (G, n)
+    return (r == r[:, :1]).all(dim=1)
 
 
 def group_advantages(rewards, group_size, eps=1e-6):
@@ -74,16 +80,13 @@ def group_advantages(rewards, group_size, eps=1e-6):
       group 1: mean -1/3, std 1.1547 -> [1.1547, -0.5774, -0.5774]; group 2 -> [0, 0, 0]
     """
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    if group_size == 1:
+    assert rewards.dim() == 1 and rewards.numel() % group_size == 0, (tuple(rewards.shape), group_size)
+    if group_size == 1:  # all-equal too, but its std would be nan (and warn)
         return torch.zeros_like(rewards)
     r = rewards.view(-1, group_size)  # (G, n)
     # docs/method.md §6 (paper §2.1, Eq. 1): A_i = (r_i - mean_g) / (std_g + eps), std unbiased
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)  # (G, n)
-    same = (r == r[:, :1]).all(dim=1, keepdim=True)  # (G, 1): no signal in this group
+    same = equal_reward_groups(rewards, group_size)[:, None]  # (G, 1): no signal in this group
     return torch.where(same, 0.0, adv).view(-1)
 
 
@@ -99,12 +102,7 @@ def clipped_loss(logp, old_logp, adv, eps_low=0.2, eps_high=0.28, dual_clip=10.0
       dual_clipped  A < 0 and the loss hit its cap -A * dual_clip (no gradient)
     Examples (defaults): A=1, ratio=1.5 -> -1.28; A=-1, ratio=0.5 -> 0.8; A=-1, ratio=20 -> 10.
     """
-    if not (logp.shape == old_logp.shape == adv.shape):
-        raise ValueError(f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, adv {tuple(adv.shape)} differ")
-    if not (0 <= eps_low < 1 and eps_high >= 0):
-        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
-    if dual_clip <= 1:
-        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    assert logp.shape == old_logp.shape == adv.shape, (logp.shape, old_logp.shape, adv.shape)
     log_ratio = torch.clamp(logp - old_logp, -log_ratio_clamp, log_ratio_clamp)  # (T,) for stability
     ratio = torch.exp(log_ratio)
     # docs/method.md §6 (paper §2.1, Eq. 3), PPO clip with clip-higher: max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))
@@ -127,8 +125,7 @@ def kl_k3(logp, ref_logp):
 
     Clamped as verl does: log-ratio to [-20, 20], the estimate to at most 10.
     """
-    if logp.shape != ref_logp.shape:
-        raise ValueError(f"logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} differ in shape")
+    assert logp.shape == ref_logp.shape, (logp.shape, ref_logp.shape)
     d = torch.clamp(ref_logp - logp, -20.0, 20.0)  # (T,)
     # docs/method.md §6, k3: exp(ref - logp) - (ref - logp) - 1
     return torch.clamp(torch.exp(d) - d - 1, max=10.0)
@@ -140,11 +137,8 @@ def loss_denominator(mode, n_tokens, n_seqs):
     The caller sums n_tokens / n_seqs over its micro-batches and all-reduces them once per
     optimizer step; `aggregate` then divides by this single number everywhere.
     """
-    if mode not in AGG_MODES:
-        raise ValueError(f"unknown aggregation mode {mode!r}, expected one of {AGG_MODES}")
     denom = n_tokens if mode == "token-mean" else n_seqs
-    if denom <= 0:
-        raise ValueError(f"the {mode} denominator must be positive, got {denom}")
+    assert denom > 0, f"an empty mini-batch: {mode} denominator {denom}"
     return denom
 
 
@@ -163,14 +157,7 @@ def aggregate(per_token, seq_index, mode, denom, max_len=None):
     Example: per_token=[1, 2, 3], seq_index=[0, 0, 1], denom of the whole batch 6 tokens
       -> token-mean 1.0; with 4 sequences in the batch, seq-mean-token-mean (1.5 + 3) / 4.
     """
-    if mode not in AGG_MODES:
-        raise ValueError(f"unknown aggregation mode {mode!r}, expected one of {AGG_MODES}")
-    if per_token.dim() != 1 or per_token.shape != seq_index.shape:
-        raise ValueError(f"per_token {tuple(per_token.shape)} and seq_index {tuple(seq_index.shape)} must be equal 1-D")
-    if seq_index.numel() and seq_index.min() < 0:
-        raise ValueError("seq_index must be >= 0")
-    if denom <= 0:
-        raise ValueError(f"denom must be positive, got {denom}")
+    assert per_token.dim() == 1 and per_token.shape == seq_index.shape, (per_token.shape, seq_index.shape)
     if mode == "token-mean":
         return per_token.sum() / denom
     n_local = int(seq_index.max()) + 1 if seq_index.numel() else 0
@@ -178,6 +165,4 @@ def aggregate(per_token, seq_index, mode, denom, max_len=None):
     if mode == "seq-mean-token-mean":
         seq_len = torch.bincount(seq_index, minlength=n_local).clamp(min=1)  # (S,)
         return (seq_sum / seq_len).sum() / denom
-    if max_len is None or max_len <= 0:
-        raise ValueError(f"seq-mean-token-sum-norm needs a positive max_len, got {max_len}")
-    return (seq_sum / max_len).sum() / denom
+    return (seq_sum / max_len).sum() / denom  # seq-mean-token-sum-norm

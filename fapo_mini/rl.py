@@ -65,7 +65,7 @@ def add_common_args(ap):
                    help="with --filter-groups: sampling rounds per step at most; then the batch is topped up with equal-reward groups")
     g = ap.add_argument_group("update")
     g.add_argument("--lr", type=float, default=1e-6)
-    g.add_argument("--warmup", type=int, default=10, help="warm-up, in optimizer steps")
+    g.add_argument("--warmup", type=int, default=10, help="LR warm-up, in RL steps (as verl): step s runs at lr * min(1, (s + 1) / warmup)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--mini-batches", type=int, default=1, help="optimizer steps per RL step")
     g.add_argument("--micro-tokens", type=int, default=4096, help="max packed tokens per forward")

@@ -1,21 +1,21 @@
 """Supervised warm start: next-token loss on packed (prompt, completion) pairs.
 
-Why this file exists: RL needs a policy that already writes the solution format, and
-FAPO needs a GenRM that already writes a verdict. In the toy world both come from a
-short supervised run on teacher traces; this file is that run, reused for both.
+Why this file exists: RL needs a model that already writes the expected format (a policy
+its solution and final answer, a GenRM its critique and verdict). This file is that short
+supervised run, for either model: prompt / completion text in, a Hugging Face folder out.
 
     python -m fapo_mini.sft --data sft.jsonl --tokenizer DIR --new-model d128-l4 --out DIR
     python -m fapo_mini.sft --data sft.jsonl --model DIR --out DIR      # continue from a checkpoint
+    torchrun --nproc_per_node=2 -m fapo_mini.sft --data sft.jsonl --model DIR --out DIR
 
 Rows of the jsonl file: {"prompt": str, "completion": str}. The loss covers the
 completion tokens and the EOS after them, never the prompt (mean over those tokens).
+Pairs are packed end to end as the RL update packs rollouts (update.pack_pairs).
 Runs on the GPU when there is one (bf16 autocast, fp32 weights and AdamW), else the CPU.
-Under torchrun it is data-parallel (DDP): every rank draws the same batch from the same
-seed and trains on its share (rows rank, rank + W, ...), with the loss normalised by the
-whole batch's completion tokens, so W ranks take the steps one process would, up to float
-rounding (tests/test_sft.py). On two CPU cores, 2 ranks x 1 thread are ~10% faster than 1
-process x 2 threads, so the demo runs both warm starts that way; `DEMO_SFT_RANKS=1` (one
-process) is its rounding check (docs/results.md).
+One process, or under torchrun data-parallel (DDP): every rank draws the same batch from
+the same seed and trains on its share (rows rank, rank + W, ...), with the loss normalised
+by the whole batch's completion tokens, so W ranks take the steps one process would, up to
+float rounding (tests/test_sft.py).
 
 Stopping it (Ctrl-C, SIGTERM) finishes the step, saves the weights so far to --out beside a
 file INCOMPLETE that names the step, and exits 130; load_model warns when it reads such a
@@ -41,6 +41,7 @@ from fapo_mini.dist import all_reduce_sum
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import INCOMPLETE, ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
 from fapo_mini.preflight import check_output
+from fapo_mini.update import pack_pairs
 
 
 def new_model(spec: str, tokenizer, seed=0) -> Qwen:
@@ -74,34 +75,19 @@ def tokenize_pairs(pairs, tokenizer):
             for p, c in pairs]
 
 
-def pack(examples, device="cpu"):
-    """Pack (prompt_ids, completion_ids) pairs end to end for one packed forward.
-    Returns ids, pos (T,), cu_seqlens (B+1,), max_seqlen, targets (T,) = the next token,
-    and loss_mask (T,) = 1 where the next token belongs to the completion."""
-    ids, pos, tgt, mask, lens = [], [], [], [], []
-    for p, c in examples:
-        seq = p + c
-        ids += seq
-        pos += range(len(seq))
-        tgt += seq[1:] + [0]
-        mask += [0] * (len(p) - 1) + [1] * len(c) + [0]   # predict c from the last prompt token on
-        lens.append(len(seq))
-    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)
-    cu = torch.nn.functional.pad(t(lens).cumsum(0), (1, 0)).to(torch.int32)
-    return t(ids), t(pos), cu, max(lens), t(tgt), t(mask, torch.float32)
-
-
 def sft_loss(model, batch, n_tokens=None):
     """Summed NLL over the batch's completion tokens / n_tokens (default: their count, a mean).
-    `model` may be DDP-wrapped."""
-    ids, pos, cu, max_len, tgt, mask = batch
-    hidden = model(ids, pos, cu, max_len)
-    logp = getattr(model, "module", model).token_logprobs(hidden, tgt)      # (T,)
+    batch: update.pack_pairs of (prompt_ids, completion_ids) pairs. `model` may be DDP-wrapped."""
+    hidden = model(batch["ids"], batch["pos"], batch["cu"], batch["max_len"])         # (T, C)
+    # all T positions are scored, then masked to the completion's: the loss of scoring hidden[sel] alone
+    # (as update.py does), in the float sums that earlier warm starts were trained with
+    mask = torch.zeros(len(batch["ids"]), device=hidden.device).index_fill_(0, batch["sel"], 1.0)  # (T,)
+    logp = parallel.unwrap(model).token_logprobs(hidden, batch["nxt"])                # (T,)
     return -(logp * mask).sum() / (mask.sum() if n_tokens is None else n_tokens)
 
 
 def completion_tokens(examples) -> int:
-    """Tokens the loss covers: each completion and its EOS (pack's loss_mask ones)."""
+    """Tokens the loss covers: each completion and its EOS (pack_pairs' `sel`)."""
     return sum(len(c) for _, c in examples)
 
 
@@ -131,7 +117,7 @@ def train(model, examples, steps, batch_size, lr, seed=0, warmup=0.05, log=None,
         mine = batch[rank::world_size]
         with ac:
             # DDP averages gradients over ranks: x world_size turns that back into the batch's sum
-            loss = sft_loss(model, pack(mine, device), completion_tokens(batch)) * world_size
+            loss = sft_loss(model, pack_pairs(mine, device), completion_tokens(batch)) * world_size
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

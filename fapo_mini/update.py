@@ -8,6 +8,7 @@ normaliser, DDP / FSDP2, clipping, metrics) lives here once. The run loop around
 
     rollouts --pack--> (T,) packed tokens --forward--> log-probs of response tokens
              --grpo.clipped_loss--> per-token loss --grpo.aggregate--> backward
+    (pack_pairs, the packing itself, is shared with the supervised warm start, sft.py)
 
 The DDP trick (nanoGPT style): only the last micro-batch of a mini-batch syncs
 gradients (`no_sync` on the others), and DDP *averages* gradients over ranks. Our
@@ -24,7 +25,7 @@ import torch
 
 from fapo_mini import grpo
 from fapo_mini.dist import all_reduce_sum
-from fapo_mini.parallel import is_dtensor, is_fsdp
+from fapo_mini.parallel import is_dtensor, is_fsdp, unwrap
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Rollouts:
 @dataclass
 class UpdateConfig:
     temperature: float = 1.0          # the rollout temperature: log-probs are of logits / T
-    mini_batches: int = 1             # optimizer steps per RL step
+    mini_batches: int = 1             # optimizer steps per RL step (the LR schedule steps once per RL step)
     micro_tokens: int = 4096          # max packed tokens per forward
     clip_low: float = 0.2
     clip_high: float = 0.28
@@ -50,26 +51,40 @@ class UpdateConfig:
     kl_coef: float = 0.0
 
 
-def pack(rollouts: Rollouts, idx, device):
-    """Rollouts idx -> packed tensors. Only response tokens are scored: `sel` are the
-    positions whose NEXT token is a response token (T_r of them)."""
-    ids, pos, sel, tgt, old, adv, seq, lens = [], [], [], [], [], [], [], []
-    off = 0
-    for j, i in enumerate(idx):
-        p, r = rollouts.prompt_ids[i], rollouts.response_ids[i]
-        ids += p + r
-        pos += range(len(p) + len(r))
-        sel += range(off + len(p) - 1, off + len(p) + len(r) - 1)
-        tgt += r
-        old += rollouts.old_logp[i]
-        adv += [float(rollouts.advantages[i])] * len(r)
+def pack_pairs(pairs, device):
+    """(prompt_ids, response_ids) pairs -> one packed forward's tensors, sequences end to end:
+      ids, pos  (T,)    tokens, and positions counted from each sequence's start
+      cu        (B+1,)  int32 sequence boundaries (cu_seqlens); max_len: the longest sequence
+      nxt       (T,)    the token after each position, 0 after a sequence's last (nothing follows)
+      sel       (T_r,)  the positions whose NEXT token is a response token: the only ones scored,
+                        so a response is predicted from its prompt's last token on, never the prompt
+      seq       (T_r,)  the pair (0..B-1) each scored position belongs to
+    Example: [([5, 6], [7, 8]), ([9], [3])] -> ids [5, 6, 7, 8, 9, 3], pos [0, 1, 2, 3, 0, 1],
+      cu [0, 4, 6], max_len 4, nxt [6, 7, 8, 0, 3, 0], sel [1, 2, 4], seq [0, 0, 1].
+    """
+    ids, pos, nxt, sel, seq, lens = [], [], [], [], [], []
+    for j, (p, r) in enumerate(pairs):
+        s = p + r
+        sel += range(len(ids) + len(p) - 1, len(ids) + len(s) - 1)
+        ids += s
+        pos += range(len(s))
+        nxt += s[1:] + [0]
         seq += [j] * len(r)
-        lens.append(len(p) + len(r))
-        off += len(p) + len(r)
-    t = lambda x, dt=torch.long: torch.tensor(x, dtype=dt, device=device)
+        lens.append(len(s))
+    t = lambda x: torch.tensor(x, dtype=torch.long, device=device)
     cu = torch.nn.functional.pad(t(lens).cumsum(0), (1, 0)).to(torch.int32)
-    return dict(ids=t(ids), pos=t(pos), cu=cu, max_len=max(lens), sel=t(sel), tgt=t(tgt),
-                old=t(old, torch.float32), adv=t(adv, torch.float32), seq=t(seq))
+    return dict(ids=t(ids), pos=t(pos), cu=cu, max_len=max(lens), nxt=t(nxt), sel=t(sel), seq=t(seq))
+
+
+def pack(rollouts: Rollouts, idx, device):
+    """Rollouts idx -> pack_pairs' tensors plus, per scored position (T_r,), the sampled token `tgt`,
+    the sampler's log-prob of it `old` and the rollout's advantage `adv`."""
+    idx = list(idx)
+    b = pack_pairs([(rollouts.prompt_ids[i], rollouts.response_ids[i]) for i in idx], device)
+    b["tgt"] = b["nxt"][b["sel"]]
+    b["old"] = torch.tensor([x for i in idx for x in rollouts.old_logp[i]], dtype=torch.float32, device=device)
+    b["adv"] = torch.tensor([float(rollouts.advantages[i]) for i in idx], dtype=torch.float32, device=device)[b["seq"]]
+    return b
 
 
 def micro_batches(idx, rollouts: Rollouts, max_tokens, at_least=1):
@@ -96,8 +111,7 @@ def micro_batches(idx, rollouts: Rollouts, max_tokens, at_least=1):
 
 def response_logprobs(model, batch, temperature, with_entropy=False):
     hidden = model(batch["ids"], batch["pos"], batch["cu"], batch["max_len"])   # (T, C), through DDP / FSDP2
-    inner = getattr(model, "module", model)
-    return inner.token_logprobs(hidden[batch["sel"]], batch["tgt"], temperature, with_entropy=with_entropy)
+    return unwrap(model).token_logprobs(hidden[batch["sel"]], batch["tgt"], temperature, with_entropy=with_entropy)
 
 
 # token-summed statistics of one update, all-reduced once at the end
@@ -111,8 +125,10 @@ SUMS = ("clipped",          # tokens whose ratio was clipped
 
 def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfig, world_size=1,
                ref_model=None, generator=None):
-    """PPO/GRPO update over this rank's rollouts, `cfg.mini_batches` optimizer steps.
-    `model` may be DDP-wrapped or FSDP2-sharded. Returns metrics averaged over all ranks."""
+    """PPO/GRPO update over this rank's rollouts (one RL step): `cfg.mini_batches` optimizer steps,
+    then one step of `scheduler`, so a warm-up counts RL steps whatever the mini-batch count (as verl
+    steps its scheduler once per actor update). `model` may be DDP-wrapped or FSDP2-sharded. Returns
+    metrics averaged over all ranks; `lr` is the rate this update's optimizer steps used."""
     device = next(model.parameters()).device
     N = len(rollouts.response_ids)
     if N % cfg.mini_batches:
@@ -123,6 +139,7 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
     fsdp = is_fsdp(model)
     sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in SUMS}
     grad_norms = []
+    lr = optimizer.param_groups[0]["lr"]                                  # this RL step's rate, all mini-batches
     model.train()
     for m in range(cfg.mini_batches):
         idx = order[m * mb_size:(m + 1) * mb_size]
@@ -165,16 +182,18 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
         if not math.isfinite(grad_norms[-1]):
             raise FloatingPointError(f"grad norm is {grad_norms[-1]}")
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    scheduler.step()                                                      # once per RL step: the next step's rate
     total = dict(zip(SUMS, all_reduce_sum(torch.stack([sums[k] for k in SUMS])).tolist()))
     return {"clip_frac": total["clipped"] / total["tokens"], "kl_to_sampler": total["kl_to_sampler"] / total["tokens"],
             "entropy": total["entropy"] / total["tokens"], "logp_gap": total["logp_gap"] / max(total["tokens_first"], 1),
-            "grad_norm": sum(grad_norms) / len(grad_norms), "lr": scheduler.get_last_lr()[0]}
+            "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lr}
 
 
 def make_optimizer(model, lr, warmup_steps, weight_decay=0.1):
-    """AdamW with linear warm-up then a constant rate (docs/method.md §6; paper App. B, Table 1)."""
+    """AdamW with linear warm-up then a constant rate (docs/method.md §6; paper App. B, Table 1).
+    The warm-up counts RL steps (ppo_update steps the scheduler once): RL step s (0-based) runs
+    at lr * min(1, (s + 1) / warmup_steps)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
     return opt, sched

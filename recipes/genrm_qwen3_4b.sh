@@ -9,7 +9,7 @@
 #
 # The authors' run (yyDing1/FAPO scripts/run_fapo_genrm_4b.sh) is 8 nodes x 8 GPUs:
 # 512 prompts x 16 rollouts a step, mini-batches of 32 prompts (16 updates a step), lr 1e-6
-# constant after 10 warm-up steps, AdamW wd 0.1, grad-clip 1.0, clip 0.2 / 0.28, dual-clip 10,
+# constant after 10 warm-up RL steps, AdamW wd 0.1, grad-clip 1.0, clip 0.2 / 0.28, dual-clip 10,
 # token-mean, no KL, temperature 1.2, response 8192 with an overlong buffer of 4096, 500 steps.
 # Scaled to one node (recipes/README.md has the memory and time arithmetic, estimates):
 #   * 32 prompts x 16 rollouts a step = 4 prompts (64 rollouts) per GPU, sampled in 2 waves of

@@ -18,7 +18,7 @@
 #
 # The authors' 7B run (yyDing1/FAPO scripts/run_fapo_reasoning_7b.sh) is 8 nodes x 8
 # GPUs: 512 prompts x 8 rollouts a step, mini-batches of 32 prompts (16 updates a step), lr 1e-6
-# after 10 warm-up steps, wd 0.1, grad-clip 1.0, clip 0.2 / 0.28, dual-clip 10, token-mean, no KL,
+# after 10 warm-up RL steps, wd 0.1, grad-clip 1.0, clip 0.2 / 0.28, dual-clip 10, token-mean, no KL,
 # temperature 1.0, top-p 1.0, prompt 2048 + response 8192 with an overlong buffer of 4096, 200 steps.
 # Scaled to one node (recipes/README.md has the memory and time arithmetic, estimates):
 #   * 128 prompts x 8 rollouts a step = 16 prompts (128 rollouts) per GPU, in one sampler wave,

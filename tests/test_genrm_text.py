@@ -69,8 +69,6 @@ def test_policy_critic_prompt_exact_text():
         "Please reason step by step, put your final answer (i.e., the index) in \\boxed{}."
     )
     assert policy_critic_prompt("What is 2+3?", "5", "2+3=5.\n\nSo \\boxed{5}.") == expected
-    with pytest.raises(ValueError, match="solution"):
-        policy_critic_prompt("What is 2+3?", "5", "  ")
 
 
 def test_prompts_keep_braces_in_problem_text():
@@ -84,14 +82,6 @@ def test_tag_steps_and_split_steps():
     assert split_steps("a\n \t\nb") == ["a\n \t\nb"]  # a line of spaces does not split (row 29 has one)
     assert split_steps("a\n\n\nb\nc", by="line") == ["a", "b", "c"]
     assert split_steps(" \n\n x \n\n") == ["x"]
-    with pytest.raises(ValueError, match="by"):
-        split_steps("a", by="paragraph")
-    with pytest.raises(ValueError, match="non-empty"):
-        tag_steps([])
-    with pytest.raises(ValueError, match="step 1"):
-        tag_steps(["a", " "])
-    with pytest.raises(ValueError, match="problem"):
-        critic_prompt("", "5", ["a"])
 
 
 @pytest.mark.parametrize("text,n_steps,expected", [
@@ -114,13 +104,6 @@ def test_tag_steps_and_split_steps():
 ])
 def test_parse_verdict(text, n_steps, expected):
     assert parse_verdict(text, n_steps) == expected
-
-
-def test_parse_verdict_bad_input():
-    with pytest.raises(ValueError, match="n_steps"):
-        parse_verdict("\\boxed{0}", 0)
-    with pytest.raises(ValueError, match="text"):
-        parse_verdict(None, 3)
 
 
 # docs/method.md §3's table (paper Eq. 7): (pred, label, n_steps, step reward, outcome-only reward).
@@ -149,19 +132,6 @@ def test_reward_from_raw_critique():
     assert step_reward(parse_verdict("Paragraph 1 is wrong: \\boxed{1}", 5), 2, 5) == pytest.approx(0.8)
 
 
-def test_reward_bad_input():
-    with pytest.raises(ValueError, match="pred"):
-        step_reward(5, 2, 5)
-    with pytest.raises(ValueError, match="label"):
-        step_reward(1, 5, 5)
-    with pytest.raises(ValueError, match="n_steps"):
-        step_reward(-1, -1, 0)
-    with pytest.raises(ValueError, match="pred"):
-        outcome_reward(-2, 1)
-    with pytest.raises(ValueError, match="label"):
-        outcome_reward(1, True)
-
-
 def test_flawed_positive_metrics_hand_confusion():
     preds = [2, -1, None, 0, -1, 3, -1, 1]
     labels = [1, -1, -1, -1, 2, 3, -1, 4]
@@ -178,10 +148,6 @@ def test_flawed_positive_metrics_hand_confusion():
 def test_flawed_positive_metrics_no_predicted_flaws():
     m = flawed_positive_metrics([-1, -1], [-1, 0])
     assert (m["precision"], m["recall"], m["f1"], m["acc"]) == (0.0, 0.0, 0.0, 0.5)
-    with pytest.raises(ValueError, match="equally long"):
-        flawed_positive_metrics([-1], [-1, 0])
-    with pytest.raises(ValueError, match="labels"):
-        flawed_positive_metrics([-1], [None])
 
 
 def test_processbench_f1_hand():
@@ -193,8 +159,6 @@ def test_processbench_f1_hand():
     assert m["err_acc"] == 0.5 and m["correct_acc"] == 0.75
     assert m["f1"] == pytest.approx(0.6)  # 2 * 0.5 * 0.75 / 1.25
     assert processbench_f1([-1, 0], [-1, 1])["f1"] == 0.0  # both accuracies in, one is zero
-    with pytest.raises(ValueError, match="clean"):
-        processbench_f1([0, 1], [0, 1])
 
 
 def test_majority_vote():

@@ -10,6 +10,7 @@ import torch
 from fapo_mini.grpo import (
     aggregate,
     clipped_loss,
+    equal_reward_groups,
     fapo_rewards,
     group_advantages,
     kl_k3,
@@ -74,13 +75,22 @@ def test_equal_rewards_float32_cannot_hold_get_zero_advantage(value, group_size)
     torch.testing.assert_close(got[group_size:], torch.tensor(want), atol=1e-5, rtol=1e-5)
 
 
-def test_group_advantages_bad_input():
-    with pytest.raises(ValueError, match="groups of 4"):
-        group_advantages(torch.zeros(6), 4)
-    with pytest.raises(ValueError, match="groups of 0"):
-        group_advantages(torch.zeros(6), 0)
-    with pytest.raises(ValueError, match="1-D"):
-        group_advantages(torch.zeros(2, 3), 3)
+@pytest.mark.parametrize("group_size", [1, 2, 3, 8])
+def test_equal_reward_groups_match_loop(group_size):
+    rng = random.Random(group_size)
+    values = [1.0, -1.0, 0.0, 2 / 3, 1 - 0.3]
+    rewards = []
+    for g in range(20):
+        if g % 2:  # all equal, including values float32 cannot hold
+            rewards += [rng.choice(values)] * group_size
+        else:
+            rewards += [rng.choice(values) for _ in range(group_size)]
+    r32 = torch.tensor(rewards, dtype=torch.float32)
+    want = [len(set(r32[g:g + group_size].tolist())) == 1 for g in range(0, len(rewards), group_size)]
+    got = equal_reward_groups(r32, group_size)
+    assert got.dtype == torch.bool and got.tolist() == want
+    assert sum(want) >= 10 and (group_size == 1 or not all(want))  # both kinds occur
+    assert equal_reward_groups([1, 1, 0, -1, -1, -1], 3).tolist() == [False, True]  # the docstring's example
 
 
 # ----------------------------------------------------------------------------- rewards
@@ -95,23 +105,12 @@ def test_fapo_rewards_table():
     assert fapo_rewards(correct, flawed).dtype == torch.float32
 
 
-def test_fapo_rewards_bad_input():
-    with pytest.raises(ValueError, match="bool"):
-        fapo_rewards(torch.tensor([1, 0]), torch.tensor([True, False]))
-    with pytest.raises(ValueError, match="shape"):
-        fapo_rewards(torch.tensor([True, False]), torch.tensor([True]))
-
-
 def test_overlong_penalty_hand_values():
     got = overlong_penalty(torch.tensor([0, 5, 6, 7, 8, 10]), max_len=10, buffer=4)
     assert got.tolist() == [0.0, 0.0, 0.0, -0.25, -0.5, -1.0]
     # FAPO's setting: 8192 max, 4096 buffer -> penalty starts after 4096 tokens
     got = overlong_penalty([4096, 6144, 8192], max_len=8192, buffer=4096)
     assert got.tolist() == [0.0, -0.5, -1.0]
-    with pytest.raises(ValueError, match="buffer"):
-        overlong_penalty([1], max_len=10, buffer=0)
-    with pytest.raises(ValueError, match="buffer"):
-        overlong_penalty([1], max_len=10, buffer=11)
 
 
 # ----------------------------------------------------------------------------- clipped loss
@@ -162,16 +161,6 @@ def test_clipped_loss_log_ratio_clamp():
     torch.testing.assert_close(loss.detach()[1], torch.tensor(-math.exp(-5), dtype=torch.float64))
 
 
-def test_clipped_loss_bad_input():
-    t = torch.zeros(3)
-    with pytest.raises(ValueError, match="differ"):
-        clipped_loss(t, torch.zeros(4), t)
-    with pytest.raises(ValueError, match="dual_clip"):
-        clipped_loss(t, t, t, dual_clip=1.0)
-    with pytest.raises(ValueError, match="eps_low"):
-        clipped_loss(t, t, t, eps_low=1.0)
-
-
 def test_first_minibatch_loss_is_zero_but_gradient_is_not():
     """The module docstring's claim: ratio 1 and zero-mean advantages -> token-mean loss 0."""
     torch.manual_seed(0)
@@ -192,8 +181,6 @@ def test_kl_k3_hand_values():
     ref = torch.tensor([math.log(2.0), -1.0, math.log(0.5), 30.0], dtype=torch.float64)
     want = [2 - math.log(2) - 1, 0.0, 0.5 + math.log(2) - 1, 10.0]  # last: clamped like verl
     torch.testing.assert_close(kl_k3(logp, ref), torch.tensor(want, dtype=torch.float64))
-    with pytest.raises(ValueError, match="shape"):
-        kl_k3(torch.zeros(2), torch.zeros(3))
 
 
 def test_kl_k3_is_unbiased_for_kl():
@@ -259,7 +246,7 @@ def test_aggregate_invariant_to_micro_batches_and_ranks(mode):
     assert w_ref.grad.abs().max() > 1e-3  # the test is not vacuous
 
 
-def test_aggregate_hand_values_and_errors():
+def test_aggregate_hand_values():
     per_token = torch.tensor([1.0, 2.0, 3.0])
     seq_index = torch.tensor([0, 0, 1])
     assert aggregate(per_token, seq_index, "token-mean", 6).item() == 1.0
@@ -268,18 +255,6 @@ def test_aggregate_hand_values_and_errors():
     assert loss_denominator("token-mean", 17, 3) == 17
     assert loss_denominator("seq-mean-token-mean", 17, 3) == 3
     assert loss_denominator("seq-mean-token-sum-norm", 17, 3) == 3
-    with pytest.raises(ValueError, match="mode"):
-        aggregate(per_token, seq_index, "sum", 1)
-    with pytest.raises(ValueError, match="mode"):
-        loss_denominator("seq-mean", 1, 1)
-    with pytest.raises(ValueError, match="max_len"):
-        aggregate(per_token, seq_index, "seq-mean-token-sum-norm", 1)
-    with pytest.raises(ValueError, match="seq_index"):
-        aggregate(per_token, seq_index[:2], "token-mean", 1)
-    with pytest.raises(ValueError, match="denom"):
-        aggregate(per_token, seq_index, "token-mean", 0)
-    with pytest.raises(ValueError, match="denominator"):
-        loss_denominator("token-mean", 0, 3)
 
 
 # ----------------------------------------------------------------------------- FAPO shift point

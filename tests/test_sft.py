@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fapo_mini import dist, parallel, sft
+from fapo_mini import dist, parallel, sft, update
 from fapo_mini.errors import UserError
 from fapo_mini.toyworld import make_tokenizer
 from test_rl import free_port
@@ -43,7 +43,7 @@ def test_loss_is_the_mean_nll_of_completion_tokens():
             logp = torch.log_softmax(model.lm_head(h).double(), -1)
             nll -= sum(logp[len(p) - 1 + j, c[j]].item() for j in range(len(c)))
             count += len(c)
-        ours = sft.sft_loss(model, sft.pack(ex)).item()
+        ours = sft.sft_loss(model, update.pack_pairs(ex, "cpu")).item()
     assert count == sft.completion_tokens(ex)
     assert abs(ours - nll / count) < 1e-5
 
