@@ -195,4 +195,4 @@ fi
 while [ "$running" -gt 0 ]; do wait -n || stop_jobs 1; running=$((running - 1)); done
 set +m; trap - INT TERM
 record "$OUT/times.tsv" rl_and_eval "$t0"
-$PY -m fapo_mini.report --out "$OUT"
+$PY -m fapo_mini.toyreport --out "$OUT"

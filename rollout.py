@@ -7,10 +7,11 @@ DIR is any Hugging Face Qwen2 / Qwen3 folder with a tokenizer. Each FILE row nee
 Output rows keep their input fields and add `response` and `response_ids`; rows with a
 ground truth are scored:
   * policy rows (`reward_model.ground_truth` an answer): `correct`, and `flawed` where
-    known (the toy world's oracle; a GenRM with --genrm). Summary: `accuracy` = the
-    paper's avg@n (mean correctness over the n samples of every problem), unbiased
-    pass@k (Chen et al. 2021), flawed-positive ratio = flawed / correct; on
-    the toy world, `kinds`: [correct, total] per kind of solution (toyworld.flaw_kind).
+    known (the task's exact oracle, where it has one: fapo_mini/tasks.py), and
+    `flawed_genrm` with --genrm. Summary (fapo_mini/scoring.py): `accuracy` = the paper's
+    avg@n (mean correctness over the n samples of every problem), unbiased pass@k (Chen et
+    al. 2021), flawed-positive ratio = flawed / correct (`fp_ratio` by the oracle,
+    `judge_fp_ratio` by the GenRM, with `judge_invalid`).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
     ProcessBench F1 (docs/method.md §7; left out unless both clean and flawed rows are there),
@@ -22,32 +23,28 @@ with one `error: ...` line before any sampling.
 """
 import argparse
 import json
-import math
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fapo_mini import genrm, toycritic, toyworld
+from fapo_mini import genrm
 from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
-from fapo_mini.detector import FlawDetector
 from fapo_mini.errors import UserError, cli
 from fapo_mini.genrm import NO_ERROR
+from fapo_mini.judge import GenRMJudge
 from fapo_mini.model import load_config, load_model, load_tokenizer
-from fapo_mini.preflight import check_critic_labels, check_output, check_prompts
+from fapo_mini.preflight import (at_least, check_critic_labels, check_flags, check_ground_truths, check_output,
+                                 check_prompts)
 from fapo_mini.sampler import Sampler, SamplingParams
-from fapo_mini.verify import is_correct
+from fapo_mini.scoring import policy_counts, ratios
+from fapo_mini.tasks import task_of
 
-# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
-TOY_CHECKS = {"toyworld": toyworld.is_correct}
-TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
-
-
-def pass_at_k(n, c, k):
-    """Unbiased pass@k (Chen et al. 2021, eq. 1): 1 - C(n-c, k) / C(n, k)."""
-    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+RANGES = (("n", at_least(1), ">= 1"), ("max_new_tokens", at_least(1), ">= 1"), ("batch_size", at_least(1), ">= 1"),
+          ("limit", at_least(0), ">= 0"), ("temperature", at_least(0), ">= 0"),
+          ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("top_k", at_least(0), ">= 0"),
+          ("genrm_max_new_tokens", at_least(1), ">= 1"))
 
 
 def check_one_kind(rows, source) -> None:
@@ -63,37 +60,16 @@ def check_one_kind(rows, source) -> None:
                         f"{steps.index(True) + 1} (a critic row) has: one file is policy rows or critic rows")
 
 
-def score_policy(rows, n, detector=None):
-    """Adds `correct` / `flawed` to rows (n per prompt, in order); returns summary metrics."""
-    for r in rows:
-        r["correct"] = is_correct(r, r["response"], TOY_CHECKS)
-        if r.get("data_source") == "toyworld" and r["correct"]:
-            r["flawed"] = toyworld.first_error(r["prompt"], r["response"]) != -1
-    pos = [r for r in rows if r["correct"]]
-    out = {"accuracy": sum(r["correct"] for r in rows) / len(rows)}   # avg@n: mean correctness of all samples
-    per_prompt = [sum(r["correct"] for r in rows[i:i + n]) for i in range(0, len(rows), n)]
-    k = 1
-    while k <= n:
-        out[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_prompt) / len(per_prompt)
-        k *= 2
-    if pos and all("flawed" in r for r in pos):
-        out["fp_ratio"] = sum(r["flawed"] for r in pos) / len(pos)
-    if rows and all(r.get("data_source") == "toyworld" for r in rows):  # [correct, total] per kind
-        kinds = [toyworld.flaw_kind(r["prompt"], r["response"]) for r in rows]
-        total, right = Counter(kinds), Counter(kd for r, kd in zip(rows, kinds) if r["correct"])
-        out["kinds"] = {kd: [right[kd], total[kd]] for kd in toyworld.KINDS if total[kd]}
-    if detector is not None and pos:
-        flags, invalid = detector(pos, [r["response"] for r in pos])
-        for r, f in zip(pos, flags):
-            r["flawed_genrm"] = f
-        out["fp_ratio_genrm"], out["genrm_invalid"] = sum(flags) / len(pos), invalid / len(pos)
-    return out
+def score_policy(rows, n, judge=None):
+    """Adds `correct` / `flawed` to rows (n per prompt, in order); returns summary metrics
+    (fapo_mini/scoring.py, the same numbers the trainers' --eval-every logs)."""
+    return ratios(policy_counts(rows, n, any(task_of(r).first_error is not None for r in rows), judge))
 
 
 def score_critic(rows, n):
     """Rows of a GenRM run (n per critic prompt): verdicts and the benchmarks of docs/method.md §7."""
     for r in rows:
-        r["verdict"] = genrm.parse_verdict(r["response"], r["extra_info"]["total_steps"])
+        r["verdict"] = genrm.parse_verdict(r["response"], int(r["extra_info"]["total_steps"]))   # checked: integral
     labels = [int(get_field(r, "reward_model.ground_truth")) for r in rows]
     out = {"valid": sum(r["verdict"] is not None for r in rows) / len(rows)}
     out.update({f"fp_{k}": v for k, v in genrm.flawed_positive_metrics([r["verdict"] for r in rows], labels).items()})
@@ -128,12 +104,7 @@ def main():
     ap.add_argument("--cuda-graphs", action="store_true", help="replay the decode step as CUDA graphs (GPU)")
     ap.add_argument("--trust-remote-code", action="store_true")
     args = ap.parse_args()
-    for flag, ok, want in (("n", args.n >= 1, ">= 1"), ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
-                           ("batch_size", args.batch_size >= 1, ">= 1"), ("limit", args.limit >= 0, ">= 0"),
-                           ("temperature", args.temperature >= 0, ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
-                           ("top_k", args.top_k >= 0, ">= 0")):
-        if not ok:
-            raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+    check_flags(args, RANGES)
     if "" in args.stop:
         raise UserError("--stop must be a non-empty string")
     check_output(args.out, folder=False)
@@ -146,16 +117,18 @@ def main():
         check_one_kind(rows, args.data)
     if critic and not args.no_score:
         check_critic_labels(rows, args.data)
+    elif has_gt and not args.no_score:
+        check_ground_truths(rows, args.data)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load_config(args.model)           # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, device, torch.bfloat16 if device == "cuda" else torch.float32).eval()  # inference only
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
-    detector = None  # loaded before sampling, so a bad --genrm folder fails in seconds
+    judge = None  # loaded before sampling, so a bad --genrm folder fails in seconds
     if args.genrm and has_gt and not critic and not args.no_score:
         try:
-            detector = FlawDetector(args.genrm, device, args.genrm_max_new_tokens, prompts=TOY_PROMPTS)
+            judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     if args.cuda_graphs and device != "cuda":
@@ -181,7 +154,7 @@ def main():
     out_rows = [dict(rows[s.prompt_index], response=s.text, response_ids=s.token_ids, finish_reason=s.finish_reason)
                 for s in samples]
     if has_gt and not args.no_score:
-        summary.update(score_critic(out_rows, args.n) if critic else score_policy(out_rows, args.n, detector))
+        summary.update(score_critic(out_rows, args.n) if critic else score_policy(out_rows, args.n, judge))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for r in out_rows:

@@ -8,37 +8,78 @@
 
 One step (docs/method.md §4 and §6; the loop itself is fapo_mini/rl.py, shared with train_genrm.py):
   1. each rank samples n rollouts for its shard of prompts with the live policy;
-  2. outcome: +1 if the final answer is right, -1 if not (fapo_mini/verify.py);
+  2. outcome: +1 if the final answer is right, -1 if not (the row's task: fapo_mini/tasks.py);
   3. only the CORRECT rollouts go to the judge, which says whether each is flawed:
        --judge genrm   the GenRM (the paper's method)
-       --judge oracle  the toy world's exact step checker (an upper bound)
+       --judge oracle  the task's exact step checker, where it has one (the toy world; an upper bound)
        --judge none    nobody: plain GRPO rewards (flawed positives are still measured);
   4. r = outcome - lam * flawed (FAPO), group advantages, PPO-clip update.
-On toy-world data the oracle's flawed-positive ratio is always logged (`fp_ratio`, over the
-correct rollouts of toy-world rows when the data mixes sources), whatever the judge;
+Where the rows' task has an exact oracle (the toy world) its flawed-positive ratio is always
+logged (`fp_ratio`, over the correct rollouts of such rows when the data mixes sources), whatever the judge;
 `judge_fp_ratio` is the GenRM's view whenever --genrm is given (with --judge none or oracle it
-is measured only, as the paper tracks its GenRM beside a GRPO run).
+is measured only, as the paper tracks its GenRM beside a GRPO run). With --eval-data FILE
+--eval-every K the policy is scored on held-out rows every K steps and after the last, at the
+paper's evaluation settings by default (avg@4 at temperature 1.0, top-p 0.7): eval/accuracy,
+eval/pass@k, eval/response_len, eval/fp_ratio (where the task has an oracle), eval/judge_fp_ratio
+(with --genrm); the numbers rollout.py gives on that step's checkpoint with the same settings.
 """
 import argparse
 
 import torch
 
-from fapo_mini import dist, grpo, rl, toycritic, toyworld
-from fapo_mini.detector import FlawDetector
+from fapo_mini import dist, grpo, rl
 from fapo_mini.errors import UserError, cli
-from fapo_mini.preflight import check_run_inputs
-from fapo_mini.verify import is_correct
+from fapo_mini.judge import GenRMJudge, OracleJudge
+from fapo_mini.preflight import check_eval_inputs, check_flags, check_ground_truths, check_run_inputs
+from fapo_mini.scoring import policy_counts
+from fapo_mini.tasks import is_correct, task_of
 
-# The toy world plugs into the real interfaces by the row's data_source (a fork without it drops these)
-TOY_CHECKS = {"toyworld": toyworld.is_correct}
-TOY_PROMPTS = {"toyworld": lambda row, response: toycritic.critic_prompt(row["prompt"], response)}
+# this command's own flags, checked before any work (the shared ones: preflight.TRAINER_RANGES)
+RANGES = (("lam", lambda v: v >= 0, ">= 0 (0 = GRPO)"),
+          ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
+          ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
+          ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"))
+
+
+def make_reward_fn(lam: float, judge, genrm, oracle):
+    """reward_fn(rows, samples) -> (rewards (N,), counts) for rl.train (docs/method.md §4):
+    verify every rollout, ask `judge` about the correct ones, r = outcome - lam * flawed.
+    `genrm` (a GenRMJudge or None) is also measured when it is not the judge (judge_fp_ratio);
+    `oracle` (an OracleJudge or None, when the data's tasks have one) gives fp_ratio, counted
+    over the correct rollouts of rows whose task has an oracle."""
+    def reward_fn(rows, samples):
+        rows = [rows[s.prompt_index] for s in samples]
+        responses = [s.text for s in samples]
+        correct = [is_correct(r, text) for r, text in zip(rows, responses)]
+        pos = [i for i, c in enumerate(correct) if c]
+        pos_rows, pos_text = [rows[i] for i in pos], [responses[i] for i in pos]
+        counts = {"accuracy": (len(pos), len(samples))}
+        verdicts = {}
+        if oracle is not None:
+            known = [j for j, r in enumerate(pos_rows) if task_of(r).first_error is not None]
+            found = oracle([pos_rows[j] for j in known], [pos_text[j] for j in known]).flawed
+            counts["fp_ratio"] = (sum(found), len(known))
+            if judge is oracle:                  # every row has an oracle (checked in main), so known = all
+                verdicts["oracle"] = found
+        if genrm is not None:
+            v = genrm(pos_rows, pos_text)
+            verdicts["genrm"] = v.flawed
+            counts.update(judge_fp_ratio=(sum(v.flawed), len(pos)), judge_invalid=(v.invalid, len(pos)),
+                          judge_cut=(v.cut, len(pos)),                 # critiques cut at --genrm-max-new-tokens
+                          judge_distinct=(v.critiques, len(pos)))   # critiques made / rollouts judged
+        flawed = torch.zeros(len(samples), dtype=torch.bool)
+        if judge is not None and pos:
+            flawed[pos] = torch.tensor(verdicts["oracle" if judge is oracle else "genrm"], dtype=torch.bool)
+        return grpo.fapo_rewards(torch.tensor(correct), flawed, lam), counts   # docs/method.md §4
+    return reward_fn
 
 
 def main():
-    ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    ap = rl.add_eval_args(rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     g = ap.add_argument_group("FAPO reward")
     g.add_argument("--lam", type=float, default=1.0, help="penalty for a flawed positive (0 = GRPO)")
-    g.add_argument("--judge", choices=("genrm", "oracle", "none"), default="genrm")
+    g.add_argument("--judge", choices=("genrm", "oracle", "none"), default="genrm",
+                   help="who says a correct rollout is flawed: the GenRM, the task's exact oracle, or nobody (GRPO)")
     g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; with --judge none or oracle it only "
                                    "measures: judge_fp_ratio)")
     g.add_argument("--genrm-max-new-tokens", type=int, default=256)
@@ -46,51 +87,33 @@ def main():
     g.add_argument("--genrm-max-rows", type=int, default=256,
                    help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
     args = ap.parse_args()
+    check_flags(args, RANGES)
     if args.judge == "genrm" and not args.genrm:
         raise UserError("--judge genrm needs --genrm DIR")
     rows, prompt_ids = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
-    if args.judge == "oracle" and not all(r.get("data_source") == "toyworld" for r in rows):
-        raise UserError(f"--judge oracle needs toy-world data (data_source 'toyworld' in every row of {args.data})")
+    check_ground_truths(rows, args.data)
+    eval_rows, eval_ids = check_eval_inputs(args)
+    no_oracle = [i for i, r in enumerate(rows, start=1) if task_of(r).first_error is None]
+    if args.judge == "oracle" and no_oracle:
+        raise UserError(f"--judge oracle: {args.data}:{no_oracle[0]}: data_source {rows[no_oracle[0] - 1].get('data_source')!r} "
+                        "has no exact step oracle (the toy world has one; real data does not)")
 
     info = dist.setup()
-    detector = None
+    genrm = None
     if args.genrm:
         try:
-            detector = FlawDetector(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
-                                    trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows,
-                                    prompts=TOY_PROMPTS)
+            genrm = GenRMJudge(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
+                               trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
-
-    any_toy = any(r.get("data_source") == "toyworld" for r in rows)
-
-    def reward_fn(rows, samples):
-        n = len(samples)
-        row_of = [rows[s.prompt_index] for s in samples]
-        correct = [is_correct(r, s.text, TOY_CHECKS) for r, s in zip(row_of, samples)]
-        pos = [i for i in range(n) if correct[i]]
-        counts = {"accuracy": (len(pos), n)}
-        oracle = None
-        if any_toy:   # decided from the whole dataset: every rank must report the same keys
-            toy_pos = [i for i in pos if row_of[i].get("data_source") == "toyworld"]
-            flawed_toy = {i for i in toy_pos if toyworld.first_error(row_of[i]["prompt"], samples[i].text) != -1}
-            oracle = [i in flawed_toy for i in pos]          # read only with --judge oracle: all rows are toy
-            counts["fp_ratio"] = (len(flawed_toy), len(toy_pos))
-        judged = [False] * len(pos)
-        if detector is not None:                   # with --judge none / oracle: measured, not rewarded
-            before = detector.critiqued
-            judged, n_invalid = detector([row_of[i] for i in pos], [samples[i].text for i in pos])
-            counts["judge_fp_ratio"] = (sum(judged), len(pos))
-            counts["judge_invalid"] = (n_invalid, len(pos))
-            counts["judge_distinct"] = (detector.critiqued - before, len(pos))   # critiques made / rollouts judged
-        if args.judge == "oracle":                 # main checked that every row is a toy-world row
-            judged = oracle
-        flawed = torch.zeros(n, dtype=torch.bool)
-        if args.judge != "none" and pos:
-            flawed[pos] = torch.tensor(judged, dtype=torch.bool)
-        return grpo.fapo_rewards(torch.tensor(correct), flawed, args.lam), counts
-
-    rl.train(args, info, reward_fn, rows, prompt_ids, generators={"genrm": detector.generator} if detector else None)
+    oracle = OracleJudge() if len(no_oracle) < len(rows) else None   # decided from the data: same keys on every rank
+    judge = {"genrm": genrm, "oracle": oracle, "none": None}[args.judge]
+    evaluation = None
+    if eval_rows is not None:                     # held-out avg@n, pass@k, fp_ratio (oracle), judge_fp_ratio (GenRM)
+        has_oracle = any(task_of(r).first_error is not None for r in eval_rows)
+        evaluation = rl.Evaluation(eval_rows, eval_ids, lambda rows, n: policy_counts(rows, n, has_oracle, genrm))
+    rl.train(args, info, make_reward_fn(args.lam, judge, genrm, oracle), rows, prompt_ids,
+             generators={"genrm": genrm.generator} if genrm else None, evaluation=evaluation)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checks of a run's inputs before any work: the output path, prompt lengths, GenRM labels.
+"""Checks of a run's inputs before any work: flags, the output path, prompt lengths, GenRM labels.
 
 Why this file exists: a mistake found at step 1,000 costs hours, one found before
 step 1 costs seconds. The trainers and rollout.py call these from their `main`
@@ -83,39 +83,67 @@ def check_critic_labels(rows: list[dict], source) -> None:
                             f"{get_field(row, 'reward_model.ground_truth')!r}")
 
 
-# (flag, test, what it must be): the trainers' numeric flags, checked before any work
-RANGES = (("save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
-          ("keep", lambda v: v >= 1, ">= 1"),
-          ("warmup", lambda v: v >= 0, ">= 0"),
-          ("lr", lambda v: v > 0, "> 0"),
-          ("weight_decay", lambda v: v >= 0, ">= 0"),
-          ("kl_coef", lambda v: v >= 0, ">= 0 (0 = no reference model)"),
-          ("grad_clip", lambda v: v > 0, "> 0"),
-          ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
-          ("clip_high", lambda v: v >= 0, ">= 0"),
-          ("dual_clip", lambda v: v > 1, "> 1"),
-          # the update scores rollouts by log-probs of logits / T: greedy sampling has none
-          ("temperature", lambda v: v > 0, "> 0 (training samples, so T = 0 has no log-probs)"),
-          ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
-          ("overlong_buffer", lambda v: v >= 0, ">= 0 (0 = off)"),
-          ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
-          ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
-          ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"))
+def check_ground_truths(rows: list[dict], source) -> None:
+    """Policy rows scored by the boxed rule (tasks.MATH): a ground truth that DAPO's
+    normalisation turns into an empty string (" ", "\\text{}") is refused, since an empty
+    box would match it (docs/method.md §2)."""
+    from fapo_mini.tasks import MATH, ground_truth, task_of
+    from fapo_mini.verify import normalize_final_answer
+    for i, row in enumerate(rows, start=1):
+        if task_of(row) is MATH and not normalize_final_answer(ground_truth(row)):
+            raise UserError(f"{source}:{i}: field 'reward_model.ground_truth' is {ground_truth(row)!r}, an empty "
+                            "answer once normalised (docs/method.md §2): no response can be scored against it")
 
 
-def check_flags(args) -> None:
-    """UserError naming the first out-of-range flag of RANGES that `args` has."""
-    for flag in ("prompts_per_step", "group_size", "max_new_tokens", "steps", "mini_batches", "micro_tokens"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.group_size < 2:   # a group of one has no one to compare with: its advantage is 0 (docs/method.md §6)
-        raise UserError(f"--group-size must be >= 2, got {args.group_size}: a rollout's advantage is its reward "
-                        "against the rest of its group, so a group of one learns nothing")
-    for flag, ok, want in RANGES:
-        if hasattr(args, flag) and not ok(getattr(args, flag)):
+def check_flags(args, ranges) -> None:
+    """UserError naming the first flag of `ranges`, rows of (flag, test, what it must be), whose
+    value in `args` fails its test. Every command checks its numeric flags this way, from its
+    own table, before any work."""
+    for flag, ok, want in ranges:
+        if not ok(getattr(args, flag)):
             raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
-    if args.overlong_buffer > args.max_new_tokens:
-        raise UserError(f"--overlong-buffer {args.overlong_buffer} must be <= --max-new-tokens {args.max_new_tokens}")
+
+
+def at_least(n):
+    return lambda v: v >= n
+
+
+# The trainers' shared flags (fapo_mini/rl.py add_common_args); each trainer adds its own table.
+TRAINER_RANGES = tuple((flag, at_least(1), ">= 1") for flag in (
+    "prompts_per_step", "max_new_tokens", "steps", "mini_batches", "micro_tokens", "filter_max_rounds",
+    "rollout_max_rows")) + (
+    ("group_size", at_least(2), ">= 2"),   # a group of one has no one to compare with: A = 0 (docs/method.md §6)
+    ("save_every", at_least(0), ">= 0 (0 = only at the end)"),
+    ("keep", at_least(1), ">= 1"),
+    ("warmup", at_least(0), ">= 0"),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("weight_decay", at_least(0), ">= 0"),
+    ("kl_coef", at_least(0), ">= 0 (0 = no reference model)"),
+    ("grad_clip", lambda v: v > 0, "> 0"),
+    ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("clip_high", at_least(0), ">= 0"),
+    ("dual_clip", lambda v: v > 1, "> 1"),
+    # the update scores rollouts by log-probs of logits / T: greedy sampling has none
+    ("temperature", lambda v: v > 0, "> 0 (training samples, so T = 0 has no log-probs)"),
+    ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("overlong_buffer", at_least(0), ">= 0 (0 = off)"))
+
+
+def check_layout(args, world_size: int, n_rows: int, device) -> None:
+    """The run's shape against the ranks torchrun started and the rows there are: every rank gets
+    whole groups, every mini-batch the same number of rollouts."""
+    if n_rows < args.prompts_per_step or args.prompts_per_step % world_size:
+        raise UserError(f"--prompts-per-step {args.prompts_per_step} must be <= {n_rows} rows and a "
+                        f"multiple of {world_size} ranks")
+    per_rank = args.prompts_per_step // world_size * args.group_size
+    if per_rank % args.mini_batches:
+        raise UserError(f"--mini-batches {args.mini_batches} must divide the {per_rank} rollouts per rank "
+                        f"(--prompts-per-step {args.prompts_per_step} / {world_size} ranks x --group-size "
+                        f"{args.group_size})")
+    if args.fsdp and world_size < 2:
+        raise UserError("--fsdp shards over ranks: run under torchrun with --nproc_per_node >= 2")
+    if args.cuda_graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs CUDA GPUs")
 
 
 def check_run_inputs(args, fields) -> list[dict]:
@@ -124,7 +152,9 @@ def check_run_inputs(args, fields) -> list[dict]:
     prompt lengths. Returns (rows, prompt_ids), which rl.train then trains on."""
     from fapo_mini.data import load_rows, prompt_text, validate_rows
     from fapo_mini.model import load_config, load_tokenizer
-    check_flags(args)
+    check_flags(args, TRAINER_RANGES)
+    if args.overlong_buffer > args.max_new_tokens:
+        raise UserError(f"--overlong-buffer {args.overlong_buffer} must be <= --max-new-tokens {args.max_new_tokens}")
     check_output(args.out, folder=True)
     rows = load_rows(args.data)
     validate_rows(rows, args.data, fields)
@@ -133,3 +163,27 @@ def check_run_inputs(args, fields) -> list[dict]:
     prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompt_ids, args.data, args.max_new_tokens, cfg.max_position_embeddings, cfg.vocab_size)
     return rows, prompt_ids
+
+
+EVAL_RANGES = (("eval_every", at_least(0), ">= 0 (0 = off)"), ("eval_n", at_least(1), ">= 1"),
+               ("eval_temperature", at_least(0), ">= 0 (0 = greedy)"), ("eval_top_p", lambda v: 0 < v <= 1, "in (0, 1]"))
+
+
+def check_eval_inputs(args):
+    """--eval-data and its flags (fapo_mini/rl.py add_eval_args), checked like the training rows.
+    Returns (rows, prompt_ids), or (None, None) when evaluation is off."""
+    from fapo_mini.data import load_rows, prompt_text, validate_rows
+    from fapo_mini.model import load_config, load_tokenizer
+    check_flags(args, EVAL_RANGES)
+    if bool(args.eval_data) != bool(args.eval_every):
+        raise UserError("--eval-data FILE and --eval-every K (> 0) go together: give both, or neither")
+    if not args.eval_data:
+        return None, None
+    rows = load_rows(args.eval_data)
+    validate_rows(rows, args.eval_data, ("prompt", "reward_model.ground_truth"))
+    check_ground_truths(rows, args.eval_data)
+    cfg, tok = load_config(args.model), load_tokenizer(args.model, args.trust_remote_code)
+    prompt_ids = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
+    check_prompts(prompt_ids, args.eval_data, args.max_new_tokens, cfg.max_position_embeddings, cfg.vocab_size)
+    return rows, prompt_ids
+

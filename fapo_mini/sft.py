@@ -40,7 +40,7 @@ from fapo_mini.data import load_rows, validate_rows
 from fapo_mini.dist import all_reduce_sum
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import INCOMPLETE, ModelConfig, Qwen, load_config, load_model, load_tokenizer, save_model
-from fapo_mini.preflight import check_output
+from fapo_mini.preflight import at_least, check_flags, check_output
 from fapo_mini.update import pack_pairs
 
 
@@ -149,10 +149,7 @@ def main():
         raise UserError("give exactly one of --model and --new-model")
     if args.new_model and not args.tokenizer:
         raise UserError("--new-model needs --tokenizer DIR")
-    for flag, ok, want in (("steps", args.steps >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
-                           ("lr", args.lr > 0, "> 0")):
-        if not ok:
-            raise UserError(f"--{flag.replace('_', '-')} must be {want}, got {getattr(args, flag)}")
+    check_flags(args, (("steps", at_least(1), ">= 1"), ("batch_size", at_least(1), ">= 1"), ("lr", lambda v: v > 0, "> 0")))
     check_output(args.out, folder=True)
     rows = load_rows(args.data)                              # file:line for a malformed line, UserError if empty
     validate_rows(rows, args.data, fields=("prompt", "completion"))

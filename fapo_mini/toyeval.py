@@ -4,7 +4,8 @@ Why this file exists: the demo scores a dozen final checkpoints on three held-ou
 One rollout.py process per (checkpoint, split) spent more time starting Python and torch
 than sampling. This loads each checkpoint once, samples all its splits in one sampler
 call, and writes per (run, split) the summary rollout.py prints for toy-world rows
-(accuracy, fp_ratio, kinds), plus how often cue problems got the shortcut.
+(accuracy, fp_ratio), plus the kinds of solution (toyworld.flaw_kind) and how often cue
+problems got the shortcut.
 
     python -m fapo_mini.toyeval --data DIR --out DIR/eval NAME=MODEL_DIR [NAME=MODEL_DIR ...]
 
@@ -26,9 +27,11 @@ from fapo_mini import toyworld
 from fapo_mini.data import load_rows, validate_rows
 from fapo_mini.errors import UserError, cli
 from fapo_mini.model import load_config, load_tokenizer
-from fapo_mini.preflight import check_output, check_prompts
+from fapo_mini.preflight import at_least, check_flags, check_output, check_prompts
 
 SPLITS = ("test", "hard", "shift")
+RANGES = (("temperature", at_least(0), ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+          ("max_new_tokens", at_least(1), ">= 1"))
 
 
 def score(rows: list[dict], responses: list[str]) -> dict:
@@ -83,10 +86,7 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not 0 < args.top_p <= 1 or args.temperature < 0:
-        raise UserError(f"need --temperature >= 0 and 0 < --top-p <= 1, got {args.temperature} and {args.top_p}")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_flags(args, RANGES)
     check_output(args.out, folder=True)
     runs = []
     for spec in args.models:

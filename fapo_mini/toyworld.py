@@ -31,6 +31,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from fapo_mini.byte_tokenizer import EOS, make_tokenizer  # noqa: F401  (the world's tokenizer)
 from fapo_mini.errors import UserError, cli
 
 OPS = [("+", c) for c in range(1, 10)] + [("-", c) for c in range(1, 10)] + [("*", c) for c in (3, 7, 9)]
@@ -44,7 +45,6 @@ STYLES = ("clean", "shortcut", "jump", "sloppy")
 # the teacher's style on every problem it does not shortcut; jump and sloppy are flaws outcome
 # reward mostly sees (the policy computes from what it writes, so they cost it the answer)
 DEFAULT_MIX = {"clean": 0.8, "jump": 0.1, "sloppy": 0.1}
-EOS = "<|endoftext|>"
 _PROMPT_RE = re.compile(r"(#?)a=(\d)((?:;[a-z]=[a-z][-+*]\d)+);\?([a-z])\n?")
 _STEP_RE = re.compile(r";([a-z])=([a-z])([-+*])(\d)")
 
@@ -317,30 +317,6 @@ def policy_rows(problems, split: str) -> list[dict]:
              "reward_model": {"style": "rule", "ground_truth": p.answer},
              "extra_info": {"split": split, "index": i, "steps": p.steps, "cue": p.cue}}
             for i, p in enumerate(map(_to_problem, problems))]
-
-
-# ----------------------------------------------------------------------------
-# tokenizer: one token per byte
-
-def make_tokenizer(model_max_length: int = 1024):
-    """Byte-level BPE with no merges (token id = byte value) plus `<|endoftext|>` (id 256) as eos and pad.
-
-    Why not a char vocabulary: transformers 5 may rebuild a tokenizer as Qwen2Tokenizer
-    from config.json's model_type, re-applying Qwen's byte-level pre-tokenization; a
-    char vocabulary then silently loses its spaces. Byte-level BPE with no merges gives
-    the same ids whichever class loads it.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    # GPT-2's byte -> printable-unicode map, which ByteLevel (pre-tokenizer and decoder) uses
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    vocab = {chr(b if b in printable else next(extra)): b for b in range(256)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, model_max_length=model_max_length)
 
 
 # ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 # yentinglin/aime_2025; HuggingFaceH4/MATH-500) or local copies of them into verl rows. Each
 # benchmark runs `rollout.py --n N` on its own GPU and writes OUT/<bench>.jsonl (every sample,
 # scored) and OUT/<bench>.summary.json (accuracy = avg@N, pass@k, and with GENRM the share of
-# correct samples the GenRM calls flawed, fp_ratio_genrm). The paper's GPQA-Diamond is left out.
+# correct samples the GenRM calls flawed, judge_fp_ratio). The paper's GPQA-Diamond is left out.
 # MAX_NEW matches the policy recipe's training length (3072; the paper's 7B run: 8192).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

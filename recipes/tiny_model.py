@@ -13,7 +13,7 @@ anyone rents a node.
     --like qwen3   Qwen3-4B-Instruct-2507's switches: QK-norm, no bias, GQA, head_dim != hidden /
                    heads, tied head, rope_theta 5e6, EOS = <|im_end|> (a chat model)
 
-The tokenizer is the toy world's byte-level one (fapo_mini.toyworld.make_tokenizer: one
+The tokenizer is the byte-level one the project makes its own models with (fapo_mini.byte_tokenizer: one
 token per byte, <|endoftext|> = 256) plus Qwen's chat markers <|im_start|> (257) and
 <|im_end|> (258) and a ChatML chat template like Qwen's, so `prompt_text` goes through
 `apply_chat_template` exactly as with the real tokenizer.
@@ -29,7 +29,7 @@ import argparse
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
 
-from fapo_mini.toyworld import make_tokenizer
+from fapo_mini.byte_tokenizer import make_tokenizer
 
 IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from fapo_mini.toyworld import make_tokenizer
+from fapo_mini.byte_tokenizer import make_tokenizer
 
 EOS = 256
 VOCAB = 257
@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 
 
 def make_byte_tokenizer():
-    """The toy world's tokenizer: one token per byte, <|endoftext|> = 256 as EOS and pad."""
+    """One token per byte, <|endoftext|> = 256 as EOS and pad."""
     return make_tokenizer()
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import rollout  # noqa: E402
 import train_genrm  # noqa: E402
 import train_policy  # noqa: E402
-from fapo_mini import errors, report, sft, toycritic, toyworld  # noqa: E402
+from fapo_mini import errors, sft, toycritic, toyreport, toyworld  # noqa: E402
 from recipes import prepare_dapo  # noqa: E402
 
 POLICY_ROW = {"data_source": "math", "prompt": "1+1?", "reward_model": {"ground_truth": "2"}}
@@ -176,7 +176,7 @@ def test_toycritic_subprocess_missing_rollouts(tmp_path):
 
 
 def test_report_subprocess_missing_folder(tmp_path):
-    status, output, last = run_script("-m", "fapo_mini.report", "--out", str(tmp_path / "no_run"))
+    status, output, last = run_script("-m", "fapo_mini.toyreport", "--out", str(tmp_path / "no_run"))
     assert_one_line(status, output, last, tmp_path / "no_run", "no such folder")
 
 
@@ -215,7 +215,7 @@ def test_rollout_model_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
     assert status == 2 and last.startswith(f"error: {dirs[name]}") and what in last, last
 
 
-@pytest.mark.parametrize("name,what", [("empty", "no tokenizer files")] + MODEL_CASES[1:])  # FlawDetector: tokenizer first
+@pytest.mark.parametrize("name,what", [("empty", "no tokenizer files")] + MODEL_CASES[1:])  # GenRMJudge: tokenizer first
 def test_rollout_genrm_folder(monkeypatch, capsys, tmp_path, dirs, name, what):
     status, last = run_cli(monkeypatch, capsys, rollout.main,
                            ["rollout.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]),
@@ -311,7 +311,7 @@ def test_out_of_the_wrong_kind(monkeypatch, capsys, tmp_path, dirs):
 
 
 def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
-    """toycritic, report and prepare_dapo on their own kinds of bad input."""
+    """toycritic, toyreport and prepare_dapo on their own kinds of bad input."""
     status, last = run_cli(monkeypatch, capsys, toycritic.main, ["toycritic", "--rollouts", str(dirs["policy"]),
                                                                  "--out", str(tmp_path / "c")])
     assert status == 2 and last == f"error: {dirs['policy']}:1: row is missing field 'response'", last
@@ -322,7 +322,7 @@ def test_small_entry_points(monkeypatch, capsys, tmp_path, dirs):
                                     "labels rollouts with the toy world's oracle (rollout.py on its rows)"), last
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "grpo_s0_test.json").write_text("progress bar junk\n")
-    status, last = run_cli(monkeypatch, capsys, report.main, ["report", "--out", str(tmp_path)])
+    status, last = run_cli(monkeypatch, capsys, toyreport.main, ["toyreport", "--out", str(tmp_path)])
     assert status == 2 and last.startswith(f"error: {tmp_path / 'eval' / 'grpo_s0_test.json'}:1: not a rollout.py"), last
     src = write_jsonl(tmp_path / "raw.jsonl", [{"question": "1+1?", "solution": "2"}])
     status, last = run_cli(monkeypatch, capsys, prepare_dapo.main, ["prepare_dapo", "--preset", "dapo", "--source",
@@ -355,10 +355,10 @@ def test_report_reads_a_torn_metrics_line(tmp_path):
     run = tmp_path / "grpo_s0"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "accuracy": 0.5}\n{"step": 2, "accuracy": 0.75}\n{"step": 3, "acc')
-    assert report.read_metrics(run) == [{"step": 1, "accuracy": 0.5}, {"step": 2, "accuracy": 0.75}]
+    assert toyreport.read_metrics(run) == [{"step": 1, "accuracy": 0.5}, {"step": 2, "accuracy": 0.75}]
     (run / "metrics.jsonl").write_text('{"step": 1, "accuracy": 0.5}\nprogress bar junk\n{"step": 3}\n')
     with pytest.raises(errors.UserError, match=f"^{run / 'metrics.jsonl'}:2: not a JSON line$"):
-        report.read_metrics(run)
+        toyreport.read_metrics(run)
 
 
 def test_toyeval_bad_inputs(monkeypatch, capsys, tmp_path, dirs):
@@ -456,3 +456,14 @@ def test_cuda_graphs_without_a_gpu(monkeypatch, capsys, tmp_path, dirs, main, sc
             "--cuda-graphs"] + (["--judge", "none", "--prompts-per-step", "2"] if script != "rollout.py" else [])
     status, last = run_cli(monkeypatch, capsys, main, argv)
     assert status == 2 and last.startswith("error: --cuda-graphs needs") and "CUDA" in last, last
+
+
+@pytest.mark.parametrize("main,script", [(train_policy.main, "train_policy.py"), (rollout.main, "rollout.py")])
+def test_ground_truth_empty_once_normalised(monkeypatch, capsys, tmp_path, dirs, main, script):
+    """DAPO's rule turns "\\text{}" into "": an empty box would match it. Refused before step 1,
+    naming the row (it used to be a ValueError traceback at whichever step drew the row)."""
+    data = write_jsonl(tmp_path / "d.jsonl", [POLICY_ROW, {**POLICY_ROW, "reward_model": {"ground_truth": "\\text{}"}}])
+    argv = [script, "--model", str(dirs["good"]), "--data", str(data), "--out", str(tmp_path / "o")]
+    status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if script != "rollout.py" else []))
+    assert status == 2 and last == (f"error: {data}:2: field 'reward_model.ground_truth' is '\\\\text{{}}', an empty "
+                                    "answer once normalised (docs/method.md §2): no response can be scored against it"), last

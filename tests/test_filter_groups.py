@@ -10,15 +10,15 @@ least two sampling rounds.
 import pytest
 import torch
 
-from fapo_mini import rl, toyworld
+from fapo_mini import grpo, toyworld
 from test_rl import metrics, mixed_policy_dir, policy_args, run_script, tok, toy_problems  # noqa: F401 (fixtures)
 
 
-def test_mixed_groups_by_hand():
+def test_equal_reward_groups_by_hand():
     r = torch.tensor([1., 1., 1., -1., 0., 0., -1., 1.])
-    assert rl.mixed_groups(r, 2) == [False, True, False, True]
-    assert rl.mixed_groups(r, 4) == [True, True]
-    assert rl.mixed_groups(torch.zeros(0), 4) == []
+    assert grpo.equal_reward_groups(r, 2).tolist() == [True, False, True, False]
+    assert grpo.equal_reward_groups(r, 4).tolist() == [False, False]
+    assert grpo.equal_reward_groups(torch.zeros(0), 4).tolist() == []
 
 
 def run_filtered(tmp_path, mixed_policy_dir, toy_problems, name, max_rounds):

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fapo_mini.data import load_rows, prompt_text, validate_rows
-from fapo_mini.detector import FlawDetector
+from fapo_mini.judge import GenRMJudge
 from fapo_mini.errors import UserError
 from fapo_mini.model import load_model, load_tokenizer
 from recipes import prepare_dapo
@@ -162,21 +162,22 @@ def test_tiny_model_matches_transformers(tiny_dirs, like, eos, qkv_bias, qk_norm
         torch.testing.assert_close(ours.lm_head(h), ref(x[None]).logits[0], atol=1e-4, rtol=1e-4)
 
 
-def test_flaw_detector_runs_the_tiny_genrm(tiny_dirs):
+def test_genrm_judge_runs_the_tiny_genrm(tiny_dirs):
     """The judge path the FAPO dry run cannot reach (a random policy is never correct)."""
-    det = FlawDetector(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
+    det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
     row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
     p = det.prompt(row, "2^10 = 1024 = 7*146 + 2.\n\nSo \\boxed{2}.")
     assert p.startswith("<|im_start|>user\nThe following is a math problem with its ground truth answer, "
                         "along with an AI solution (split into steps):\n\n[Math Problem]\n\nWhat is the remainder")
     assert "\n\n[Ground Truth]\n\n2\n\n[AI Solution]\n\n2^10 = 1024 = 7*146 + 2.\n\nSo \\boxed{2}.\n\n" in p
     assert p.endswith("in \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
-    flawed, invalid = det([row, row], ["\\boxed{2}", "so \\boxed{2}"])
-    assert flawed == [False, False] and invalid == 2   # random critiques never parse: not flawed, counted
+    v = det([row, row], ["\\boxed{2}", "so \\boxed{2}"])
+    assert v.flawed == [False, False] and v.invalid == 2   # random critiques never parse: not flawed, counted
+    assert v.cut == 2 and v.critiques == 2                 # 8 random tokens never reach the EOS
 
 
 
-def test_greedy_detector_critiques_each_distinct_text_once(tiny_dirs):
+def test_greedy_genrm_judge_critiques_each_distinct_text_once(tiny_dirs):
     """Duplicated rollouts: one critique per distinct text, and each rollout gets its own text's verdict."""
     from types import SimpleNamespace
 
@@ -186,16 +187,18 @@ def test_greedy_detector_critiques_each_distinct_text_once(tiny_dirs):
 
         def generate(self, ids, params, generator):
             self.prompts += ids
-            return [SimpleNamespace(text=f"\\boxed{{{sum(x) % 3 - 1}}}") for x in ids]
+            return [SimpleNamespace(text=f"\\boxed{{{sum(x) % 3 - 1}}}", finish_reason="length" if sum(x) % 2 else "eos")
+                    for x in ids]
 
-    det = FlawDetector(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
+    det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
     det.sampler = Echo()
     row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
     responses = ["so \\boxed{2}", "\\boxed{2}", "so \\boxed{2}", "it is \\boxed{2}", "\\boxed{2}", "A \\boxed{2}"]
-    flawed, invalid = det([row] * len(responses), responses)
+    v = det([row] * len(responses), responses)
     ids = [det.tok.encode(det.prompt(row, r), add_special_tokens=False) for r in responses]
-    assert len(det.sampler.prompts) == det.critiqued == 4 and invalid == 0
-    assert flawed == [sum(x) % 3 - 1 != -1 for x in ids] and len(set(flawed)) == 2
+    assert len(det.sampler.prompts) == v.critiques == 4 and v.invalid == 0
+    assert v.flawed == [sum(x) % 3 - 1 != -1 for x in ids] and len(set(v.flawed)) == 2
+    assert v.cut == sum(sum(x) % 2 for x in ids)                # counted per rollout, like the verdicts
 
 # ---------------------------------------------------------------- the recipes' dry runs
 

@@ -1,5 +1,5 @@
 """rollout.py's scoring: unbiased pass@k against brute force, the policy summary by hand, and
-toyeval.py's per-split summary against rollout.py's."""
+toyeval.py's per-split summary against rollout.py's, and its kinds of solution by hand."""
 import itertools
 import random
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rollout  # noqa: E402
-from fapo_mini import toyeval, toyworld  # noqa: E402
+from fapo_mini import scoring, toyeval, toyworld  # noqa: E402
 
 
 @pytest.mark.parametrize("n,c", [(1, 0), (1, 1), (4, 0), (4, 1), (4, 3), (8, 5), (8, 8), (6, 2)])
@@ -17,7 +17,7 @@ def test_pass_at_k_is_the_mean_over_all_k_subsets(n, c):
     samples = [1] * c + [0] * (n - c)
     for k in range(1, n + 1):
         subsets = list(itertools.combinations(samples, k))
-        assert rollout.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets), abs=1e-12)
+        assert scoring.pass_at_k(n, c, k) == pytest.approx(sum(map(any, subsets)) / len(subsets), abs=1e-12)
 
 
 def test_score_policy_by_hand():
@@ -41,8 +41,10 @@ def test_score_policy_by_hand():
     assert out["pass@2"] == pytest.approx((1 + (1 - 3 / 6)) / 2)  # C(3,2)/C(4,2) = 3/6
     assert out["pass@4"] == 1.0
     assert out["fp_ratio"] == 4 / 5  # shortcut, after_answer, jump, wrong_step among 5 correct
-    assert out["kinds"] == {"clean": [1, 1], "shortcut": [1, 1], "jump": [1, 1], "wrong_step": [1, 2],
-                            "wrong_answer": [0, 1], "after_answer": [1, 1], "stopped": [0, 1]}
+    # the toy world's own evaluation also counts each kind of solution: [correct, total]
+    assert toyeval.score([row] * len(responses), responses)["kinds"] == {
+        "clean": [1, 1], "shortcut": [1, 1], "jump": [1, 1], "wrong_step": [1, 2], "wrong_answer": [0, 1],
+        "after_answer": [1, 1], "stopped": [0, 1]}
 
 
 def test_flaw_kind_of_every_teacher_style():
@@ -64,7 +66,6 @@ def test_toyeval_score_agrees_with_rollout_score_policy():
     mine = toyeval.score(rows, responses)
     ref = rollout.score_policy([{**r, "response": s} for r, s in zip(rows, responses)], n=1)
     assert mine["accuracy"] == ref["accuracy"] == mine["pass@1"] and mine["fp_ratio"] == ref["fp_ratio"]
-    assert mine["kinds"] == ref["kinds"]
     cue = [(p, s) for p, s in zip(probs, responses) if p.cue]
     assert mine["cue_prompts"] == len(cue) and len(cue) > 40
     assert mine["cue_shortcut"] == sum(s == f"ans={p.start}" and p.steps > 2 or

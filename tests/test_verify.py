@@ -1,13 +1,11 @@
 """fapo_mini.verify against hand-written tables, DAPO's own outputs, and math-verify."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from fapo_mini.verify import extract_boxed, is_correct, math_correct, normalize_final_answer
+from fapo_mini.verify import extract_boxed, math_correct, normalize_final_answer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -122,19 +120,6 @@ def test_extract_boxed():
     assert extract_boxed("\\boxed{5} \\boxed{6") is None
 
 
-def test_bad_input_raises():
-    with pytest.raises(ValueError, match="str"):
-        math_correct("\\boxed{5}", 5)
-    with pytest.raises(ValueError, match="str"):
-        math_correct(None, "5")
-    with pytest.raises(ValueError, match="empty"):
-        math_correct("\\boxed{}", "\\text{}")
-    with pytest.raises(ValueError, match="str"):
-        extract_boxed(b"\\boxed{5}")
-    with pytest.raises(ValueError, match="str"):
-        normalize_final_answer(5)
-
-
 # Where math-verify 0.9 (symbolic; finds answers without a box) and our string rule disagree
 # on CORRECT_TABLE, with the gold passed as `\\boxed{truth}`. Each is by design, not a bug:
 MATH_VERIFY_DISAGREEMENTS = {
@@ -157,24 +142,3 @@ def test_against_math_verify():
         if math_verify.verify(gold, math_verify.parse(response)) != math_correct(response, truth):
             disagree.add((response, truth))
     assert disagree == MATH_VERIFY_DISAGREEMENTS
-
-
-def test_is_correct_dispatches_on_data_source():
-    """The boxed rule by default; a data set's own check only where `checks` names its data_source."""
-    def toy(response, truth):                                   # a check of its own: the last line is the answer
-        return response.splitlines()[-1] == "ans=" + truth
-    math_row = {"data_source": "math", "reward_model": {"ground_truth": "1000"}}
-    toy_row = {"data_source": "toyworld", "reward_model": {"ground_truth": 6}}
-    checks = {"toyworld": toy}
-    assert is_correct(math_row, "so \\boxed{1,000}.", checks) and not is_correct(math_row, "ans=1000", checks)
-    assert is_correct(toy_row, "b=7+5=2\nans=6", checks) and not is_correct(toy_row, "\\boxed{6}", checks)
-    assert is_correct(toy_row, "\\boxed{6}") and not is_correct(toy_row, "ans=6")   # no checks: the boxed rule
-
-
-def test_real_modules_do_not_import_toy_ones():
-    """A fork can delete toyworld.py / toycritic.py: the real path never imports them."""
-    code = ("import sys, fapo_mini.verify, fapo_mini.genrm, fapo_mini.detector, fapo_mini.rl; "
-            "print(sorted(m for m in sys.modules if m.startswith('fapo_mini.toy')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
-    assert out.strip() == "[]"

@@ -5,7 +5,7 @@ summary per (run, held-out split) from toyeval.py, and one per GenRM evaluation 
 rollout.py; this file only gathers them, reduces over seeds (mean, min..max) and draws
 the curves. It computes no metric of its own.
 
-    python -m fapo_mini.report --out runs/demo
+    python -m fapo_mini.toyreport --out runs/demo
 
 Layout it reads (written by demo.sh):
     OUT/rl/<arm>_s<seed>/metrics.jsonl      per-step training metrics
