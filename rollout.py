@@ -34,6 +34,7 @@ from fapo_mini.data import get_field, load_rows, prompt_text, validate_rows
 from fapo_mini.errors import UserError, cli
 from fapo_mini.genrm import NO_ERROR
 from fapo_mini.judge import GenRMJudge
+from fapo_mini.served_judge import ServedJudge
 from fapo_mini.model import load_config, load_model, load_tokenizer
 from fapo_mini.preflight import (at_least, check_critic_labels, check_flags, check_ground_truths, check_output,
                                  check_prompts)
@@ -99,6 +100,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per sampler call")
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
     ap.add_argument("--genrm", help="GenRM folder: also judge correct policy rollouts with it")
+    ap.add_argument("--genrm-url", help="or a served GenRM: an OpenAI-compatible server (fapo_mini/served_judge.py)")
     ap.add_argument("--genrm-max-new-tokens", type=int, default=256, help="critique length cap (cut = not flawed)")
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay the decode step as CUDA graphs (GPU)")
@@ -125,12 +127,16 @@ def main():
     model = load_model(args.model, device, torch.bfloat16 if device == "cuda" else torch.float32).eval()  # inference only
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
-    judge = None  # loaded before sampling, so a bad --genrm folder fails in seconds
+    if args.genrm and args.genrm_url:
+        raise UserError("give one GenRM: --genrm DIR (loaded here) or --genrm-url URL (served)")
+    judge = None  # loaded before sampling, so a bad --genrm folder or URL fails in seconds
     if args.genrm and has_gt and not critic and not args.no_score:
         try:
             judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
+    elif args.genrm_url and has_gt and not critic and not args.no_score:
+        judge = ServedJudge(args.genrm_url, max_new_tokens=args.genrm_max_new_tokens)
     if args.cuda_graphs and device != "cuda":
         raise UserError("--cuda-graphs needs a CUDA GPU")
     sampler = Sampler(model, tok, cuda_graphs=args.cuda_graphs)

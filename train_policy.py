@@ -10,7 +10,8 @@ One step (docs/method.md §4 and §6; the loop itself is fapo_mini/rl.py, shared
   1. each rank samples n rollouts for its shard of prompts with the live policy;
   2. outcome: +1 if the final answer is right, -1 if not (the row's task: fapo_mini/tasks.py);
   3. only the CORRECT rollouts go to the judge, which says whether each is flawed:
-       --judge genrm   the GenRM (the paper's method)
+       --judge genrm   the GenRM (the paper's method): a model folder loaded on every rank (--genrm DIR),
+                       or an OpenAI-compatible server of it (--genrm-url URL, as the authors run theirs)
        --judge oracle  the task's exact step checker, where it has one (the toy world; an upper bound)
        --judge none    nobody: plain GRPO rewards (flawed positives are still measured);
   4. r = outcome - lam * flawed (FAPO), group advantages, PPO-clip update.
@@ -30,6 +31,7 @@ import torch
 from fapo_mini import dist, grpo, rl
 from fapo_mini.errors import UserError, cli
 from fapo_mini.judge import GenRMJudge, OracleJudge
+from fapo_mini.served_judge import ServedJudge
 from fapo_mini.preflight import check_eval_inputs, check_flags, check_ground_truths, check_run_inputs
 from fapo_mini.scoring import policy_counts
 from fapo_mini.tasks import is_correct, task_of
@@ -38,7 +40,10 @@ from fapo_mini.tasks import is_correct, task_of
 RANGES = (("lam", lambda v: v >= 0, ">= 0 (0 = GRPO)"),
           ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
           ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
-          ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"))
+          ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
+          ("genrm_concurrency", lambda v: v >= 1, ">= 1"),
+          ("genrm_timeout", lambda v: v > 0, "> 0"),
+          ("genrm_retries", lambda v: v >= 0, ">= 0"))
 
 
 def make_reward_fn(lam: float, judge, genrm, oracle):
@@ -86,10 +91,20 @@ def main():
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
     g.add_argument("--genrm-max-rows", type=int, default=256,
                    help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
+    g = ap.add_argument_group("a served GenRM (fapo_mini/served_judge.py), instead of --genrm DIR")
+    g.add_argument("--genrm-url", help="an OpenAI-compatible server of the GenRM (vLLM, SGLang, a router): "
+                                       "http://HOST:PORT")
+    g.add_argument("--genrm-model", help="the served model's name (default: the one the server lists)")
+    g.add_argument("--genrm-concurrency", type=int, default=16, help="critique requests in flight")
+    g.add_argument("--genrm-timeout", type=float, default=600.0, help="seconds one request may take")
+    g.add_argument("--genrm-retries", type=int, default=5,
+                   help="tries after the first on a refused connection, timeout or 5xx, with exponential backoff")
     args = ap.parse_args()
     check_flags(args, RANGES)
-    if args.judge == "genrm" and not args.genrm:
-        raise UserError("--judge genrm needs --genrm DIR")
+    if args.genrm and args.genrm_url:
+        raise UserError("give one GenRM: --genrm DIR (loaded here) or --genrm-url URL (served)")
+    if args.judge == "genrm" and not (args.genrm or args.genrm_url):
+        raise UserError("--judge genrm needs --genrm DIR or --genrm-url URL")
     rows, prompt_ids = check_run_inputs(args, ("prompt", "reward_model.ground_truth"))
     check_ground_truths(rows, args.data)
     eval_rows, eval_ids = check_eval_inputs(args)
@@ -106,6 +121,9 @@ def main():
                                trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
+    elif args.genrm_url:                          # asks the server for its model name: a wrong URL fails here
+        genrm = ServedJudge(args.genrm_url, args.genrm_model, args.genrm_max_new_tokens, args.genrm_temperature,
+                            args.genrm_concurrency, args.genrm_timeout, args.genrm_retries)
     oracle = OracleJudge() if len(no_oracle) < len(rows) else None   # decided from the data: same keys on every rank
     judge = {"genrm": genrm, "oracle": oracle, "none": None}[args.judge]
     evaluation = None
@@ -113,7 +131,7 @@ def main():
         has_oracle = any(task_of(r).first_error is not None for r in eval_rows)
         evaluation = rl.Evaluation(eval_rows, eval_ids, lambda rows, n: policy_counts(rows, n, has_oracle, genrm))
     rl.train(args, info, make_reward_fn(args.lam, judge, genrm, oracle), rows, prompt_ids,
-             generators={"genrm": genrm.generator} if genrm else None, evaluation=evaluation)
+             generators={"genrm": genrm.generator} if args.genrm else None, evaluation=evaluation)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint,
 from fapo_mini.data import batch_indices, shard
 from fapo_mini.dist import all_reduce_sum
 from fapo_mini.errors import UserError
+from fapo_mini.judge import JudgeUnavailable
 from fapo_mini.model import load_model, load_tokenizer, save_model
 from fapo_mini.preflight import check_layout
 from fapo_mini.sampler import Sampler, SamplingParams
@@ -105,7 +106,8 @@ def add_eval_args(ap):
 
 # flags that may change when a run is resumed; every other flag must match the checkpoint
 RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to",
-             "cuda_graphs", "eval_data", "eval_every", "eval_n", "eval_temperature", "eval_top_p")
+             "cuda_graphs", "eval_data", "eval_every", "eval_n", "eval_temperature", "eval_top_p",
+             "genrm_url", "genrm_concurrency", "genrm_timeout", "genrm_retries")   # a served judge may move
 
 
 @dataclass
@@ -168,7 +170,15 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
     with GracefulStop() as stop:
         for step in bar:
             run.model.eval()
-            batch = collector.collect(step)                         # sample (+ --filter-groups rounds), reward
+            streams = rank_state(run, generators)                   # as the step starts: what a save of `step` needs
+            try:
+                batch = collector.collect(step)                     # sample (+ --filter-groups rounds), reward
+            except JudgeUnavailable as e:                           # every rank: the judge could not answer
+                saved = step == run.step or (args.save_every and step % args.save_every == 0)
+                if not saved:
+                    save(args, info, run, step, generators, streams)
+                raise UserError(f"{e}; step {step + 1} was not taken; {args.out} holds step {step}: run the same "
+                                "command to resume once the judge answers") from None
             t1 = time.time()
             lengths = torch.tensor([len(s.token_ids) for s in batch.samples], dtype=torch.float32)
             if args.overlong_buffer:                                # docs/method.md §8
@@ -287,7 +297,13 @@ class Collector:
         t0 = time.time()
         samples = self.sampler.generate([self.prompt_ids[i] for i in idx], self.params, generator=self.gen)
         t1 = time.time()
-        rewards, counts = self.reward_fn([self.rows[i] for i in idx], samples)    # (N,), group after group
+        failed = None
+        try:
+            rewards, counts = self.reward_fn([self.rows[i] for i in idx], samples)    # (N,), group after group
+        except JudgeUnavailable as e:           # a served judge that stays unreachable
+            failed = e
+        if all_reduce_sum(torch.tensor([float(failed is not None)], device=self.info.device)).item():
+            raise failed or JudgeUnavailable("another rank's judge failed (its error line says why)")
         seconds["sample"] += t1 - t0
         seconds["judge"] += time.time() - t1
         for s in samples:
@@ -378,9 +394,15 @@ def all_reduce_max(x: float, info) -> float:
     return t.item()
 
 
-def save(args, info, run: Run, step: int, generators) -> None:
+def rank_state(run: Run, generators) -> dict:
+    """Every random stream this rank draws from: Python, NumPy, torch, the sampler's and `generators`."""
+    return {"rng": rng_state(generators), "sampler_rng": run.gen.get_state()}
+
+
+def save(args, info, run: Run, step: int, generators, streams: dict | None = None) -> None:
     """A checkpoint of `step` (fapo_mini/checkpoint.py): the HF model folder, optimizer (DCP-sharded
-    under FSDP2), scheduler, step, config, and every rank's random streams."""
+    under FSDP2), scheduler, step, config, and every rank's random streams (`streams`: taken
+    earlier, by rank_state; default: now)."""
     full = parallel.full_state_dict(run.trained)                   # FSDP2: gathered on rank 0 (a collective)
 
     def export(folder):                                            # an HF folder, generation_config.json kept
@@ -394,8 +416,8 @@ def save(args, info, run: Run, step: int, generators) -> None:
         sharded = {"optimizer": get_optimizer_state_dict(run.model, run.opt)}
     else:
         state["optimizer"] = run.opt.state_dict()
-    rank_state = {"rng": rng_state(generators), "sampler_rng": run.gen.get_state()}
-    save_checkpoint(args.out, step, export, state, rank_state, info, args.keep, sharded=sharded)
+    save_checkpoint(args.out, step, export, state, streams or rank_state(run, generators), info, args.keep,
+                    sharded=sharded)
 
 
 def log_metrics(metrics_path: Path, line: dict) -> None:

@@ -394,7 +394,7 @@ def test_former_argparse_errors_are_one_line(monkeypatch, capsys, tmp_path, dirs
     """Checks that argparse cannot express end as `error: ...` like every other bad input."""
     argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "r")]
     assert run_cli(monkeypatch, capsys, train_policy.main, argv + ["--judge", "genrm"]) == \
-        (2, "error: --judge genrm needs --genrm DIR")
+        (2, "error: --judge genrm needs --genrm DIR or --genrm-url URL")
     argv = ["sft", "--data", str(dirs["policy"]), "--model", str(dirs["good"]), "--out", str(tmp_path / "s")]
     assert run_cli(monkeypatch, capsys, sft.main, argv + ["--lr", "-1"]) == (2, "error: --lr must be > 0, got -1.0")
     assert run_cli(monkeypatch, capsys, sft.main, argv + ["--steps", "0"]) == (2, "error: --steps must be >= 1, got 0")

@@ -75,7 +75,7 @@ def write_jsonl(path, rows):
 
 def test_deleting_the_toy_world_leaves_the_real_commands_working(tmp_path):
     fork = tmp_path / "fork"
-    shutil.copytree(ROOT, fork, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT, fork, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "__pycache__", "*.egg-info"))
     for f in [*fork.glob("fapo_mini/toy*"), fork / "demo.sh"]:
         (shutil.rmtree if f.is_dir() else os.remove)(f)
     assert not list(fork.glob("fapo_mini/toy*"))
