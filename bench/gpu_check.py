@@ -10,12 +10,14 @@ runs), and the driver stops starting parts when --budget-s is spent. Parts, in o
   calibrate  the EOS scale for RL-shaped lengths (bench/workloads.py: calibrate_eos) on the
              sampler model, 64 rows, a 128-step probe, target mean --target-mean of at most
              --new-tokens
-  sampler_R  for R in 64, 256 rows, eager and, when Sampler takes `cuda_graphs`, with
-             cuda_graphs=True: ms per decode step (a never-EOS run of 129 tokens minus one of 1
-             token, over 128 steps, all rows live), then an RL-shaped run of 2 x R samples
-             (prompts of --prompt-len tokens, 8 samples each, at most --new-tokens): tok/s with
-             EOS counted, length statistics, peak GPU memory (torch.cuda.max_memory_allocated,
-             weights included), sampler.cache_bytes when the sampler sets it
+  sampler_R  for R in 64, 256 rows: the attention backend the model's dtype gets (attention.backend
+             on its weights: "flash", "varlen" or "sdpa", with the fallback warning if any); then,
+             eager and, when Sampler takes `cuda_graphs`, with cuda_graphs=True: ms per decode
+             step (a never-EOS run of 129 tokens minus one of 1 token, over 128 steps, all rows
+             live), then an RL-shaped run of 2 x R samples (prompts of --prompt-len tokens, 8
+             samples each, at most --new-tokens): tok/s with EOS counted, length statistics,
+             peak GPU memory (torch.cuda.max_memory_allocated, weights included),
+             sampler.cache_bytes when the sampler sets it
   train      toy-world data (python -m fapo_mini.toyworld world), a random Qwen2-shaped model on
              its tokenizer, 2 steps of train_policy.py --judge oracle; its metrics.jsonl lines
 
@@ -23,10 +25,12 @@ Sizes on CUDA: the sampler model is Qwen2.5-1.5B-shaped (hidden 1536, 28 layers,
 head_dim 128, MLP 8960, vocab 151936) in bf16 but with an untied lm_head (the EOS row is scaled
 alone), random N(0, 0.02) weights, seed 0; the train model is Qwen2.5-0.5B-shaped (hidden 896,
 24 layers, 14 / 2 heads, MLP 4864, tied) on the toy vocabulary. Without CUDA every part runs at
-tiny sizes on CPU so the script itself is checked; the JSON says "tiny": true.
+tiny sizes on CPU so the script itself is checked; the JSON says "tiny": true. The JSON's
+"attention" says which kernels import (flash-attn; torch's varlen_attn, or why it is not used).
+It uses no torch API newer than 2.11, the GPU machine's torch (run here on 2.13 only).
 Exit status: 0 when every part passed, 1 otherwise (on CPU a missing tests/test_cuda.py is not a failure).
 """
-import argparse, inspect, json, os, signal, subprocess, sys, tempfile, time, traceback
+import argparse, inspect, json, os, signal, subprocess, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +81,18 @@ def prompts_for(n_prompts, length, vocab, eos, seed=0):
     return ids.tolist()
 
 
+def attention_used(model):
+    """The attention backend the model's queries get (they take its weights' dtype on its device),
+    and the warning attention.backend gives when a GPU has to fall back to SDPA."""
+    from fapo_mini import attention
+    weight = next(model.parameters())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = attention.backend(weight)
+    return {"backend": chosen, "dtype": str(weight.dtype), "device": str(weight.device),
+            "warnings": [str(w.message) for w in caught]}
+
+
 def part_calibrate(a):
     from fapo_mini.sampler import Sampler
     from workloads import calibrate_eos, word_tokenizer
@@ -105,7 +121,7 @@ def part_sampler(a):
     n = N_PER_PROMPT if not a.tiny else 4
     rows = a.rows
     out = {"rows": rows, "modes": modes, "cuda_graphs_argument": has_graphs, "prompt_len": a.prompt_len,
-           "new_tokens": a.new_tokens, "samples_per_prompt": n}
+           "new_tokens": a.new_tokens, "samples_per_prompt": n, "attention": attention_used(model)}
     for mode in modes:
         kw = {"cuda_graphs": True} if mode == "cuda_graphs" else {}
         r = out[mode] = {}
@@ -258,16 +274,9 @@ def driver(a):
               "device": torch.cuda.get_device_name() if CUDA else "cpu (no CUDA: tiny sizes, CPU-safe parts only)",
               "settings": {"prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "target_mean": a.target_mean,
                            "rows": a.rows_list, "budget_s": a.budget_s}, "parts": {}}
-    try:
-        import flash_attn  # noqa: F401
-        report["flash_attn"] = True
-    except ImportError:
-        report["flash_attn"] = False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-        report["varlen_attn"] = True
-    except ImportError:
-        report["varlen_attn"] = False
+    from fapo_mini import attention              # the kernels this machine has; each sampler part records the one it ran
+    report["attention"] = {"flash_attn": attention.HAS_FLASH, "torch_varlen_attn": attention.HAS_VARLEN,
+                           "varlen_missing": attention.VARLEN_MISSING}
     parts = report["parts"]
 
     def record(name, res):
@@ -317,8 +326,9 @@ def summarize(report):
             if r.get("status") == "pass":
                 s = r["lengths"]
                 mem = f", peak {r['peak_gpu_bytes'] / 2**30:.1f} GiB" if "peak_gpu_bytes" in r else ""
-                print(f"  {name} {mode}: {r['ms_per_decode_step']:.2f} ms/decode step, RL {r['rl_tok_per_s']:.0f} tok/s, "
-                      f"mean length {s['mean']:.0f} (median {s['median']:.0f}, p90 {s['p90']:.0f}, max {s['max']}){mem}")
+                print(f"  {name} {mode} ({p['attention']['backend']} attention): {r['ms_per_decode_step']:.2f} ms/decode "
+                      f"step, RL {r['rl_tok_per_s']:.0f} tok/s, mean length {s['mean']:.0f} (median {s['median']:.0f}, "
+                      f"p90 {s['p90']:.0f}, max {s['max']}){mem}")
 
 
 def main():

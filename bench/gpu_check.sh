@@ -6,10 +6,10 @@
 #
 # Under 8 minutes on one H100 / H200 with torch + CUDA + transformers; installs nothing, no network.
 # Without CUDA it runs every part at tiny sizes on CPU (the JSON says "tiny": true).
-# PYTHON picks the interpreter (default: python).
+# PYTHON picks the interpreter (default: python3; many images have no `python`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu_check.json}"
 [ $# -gt 0 ] && shift
 # the driver starts no part after 450 s and bounds each part by what is left; 470 s is the hard stop
-exec timeout 470 "${PYTHON:-python}" bench/gpu_check.py --out "$OUT" --budget-s 450 "$@"
+exec timeout 470 "${PYTHON:-python3}" bench/gpu_check.py --out "$OUT" --budget-s 450 "$@"

@@ -12,9 +12,12 @@ functions and never asks which implementation runs:
      package imports (an optional, separately built dependency);
   2. "varlen": PyTorch's own FlashAttention, `torch.nn.attention.varlen.varlen_attn`, which
      ships in PyTorch's CUDA builds and raises on CPU. It appeared in torch 2.9 with only
-     `is_causal`; we need `window_size`, `enable_gqa` and `seqused_k`, which the torch 2.12
-     and 2.13 docs list (HAS_VARLEN checks the signature, so older builds fall to SDPA).
-     So a GPU user gets flash kernels with no flash-attn build;
+     `is_causal`; our calls pass the keywords in VARLEN_KEYWORDS, which the torch 2.12 and
+     2.13 docs list. Builds in between had `window_size` and `seqused_k` but no `enable_gqa`
+     (added in April 2026, pytorch PR 179468); torch 2.11 may be one. `find_varlen` checks
+     the signature for all three, so such a build falls to SDPA, with one warning naming the
+     torch version and the missing keywords (bench/gpu_check.json records which ran).
+     Where it is used, a GPU user gets flash kernels with no flash-attn build;
   3. "sdpa":   the reference twins below, on CPU or any tensor the kernels cannot take.
 The kernels need CUDA tensors in bf16 / fp16. What CPU tests cannot run is the kernel call
 itself: each GPU function is a few lines, and tests/test_attention_contract.py runs the real
@@ -36,18 +39,26 @@ except ImportError:  # pragma: no cover - depends on the machine
     HAS_FLASH = False
 
 
+# Every keyword varlen_attention_torch and kvcache_attention_torch pass to varlen_attn.
+VARLEN_KEYWORDS = ("window_size", "enable_gqa", "seqused_k")
+
+
 def find_varlen():
-    """torch's varlen_attn if this torch has the arguments we use, else None. (The Python module
-    exists on CPU builds too; only its kernel needs CUDA.)"""
+    """(varlen_attn, None) if this torch's varlen_attn takes every keyword in VARLEN_KEYWORDS,
+    else (None, why not): a call with a keyword the function lacks would raise TypeError mid-run.
+    (The Python module exists on CPU builds too; only its kernel needs CUDA.)"""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # pragma: no cover - older torch
-        return None
-    return varlen_attn if {"seqused_k", "window_size"} <= set(inspect.signature(varlen_attn).parameters) else None
+        return None, f"torch {torch.__version__} has no torch.nn.attention.varlen"
+    missing = [k for k in VARLEN_KEYWORDS if k not in inspect.signature(varlen_attn).parameters]
+    if missing:
+        return None, f"torch {torch.__version__}'s varlen_attn takes no {', '.join(missing)}"
+    return varlen_attn, None
 
 
 # Looked up only where it can run: the module imports torch._dynamo, about a second of start-up.
-varlen_attn = find_varlen() if torch.cuda.is_available() else None
+varlen_attn, VARLEN_MISSING = find_varlen() if torch.cuda.is_available() else (None, "no CUDA")
 HAS_VARLEN = varlen_attn is not None
 
 _warned = False
@@ -62,9 +73,9 @@ def backend(x: torch.Tensor) -> str:
         return "flash"
     if HAS_VARLEN:
         return "varlen"
-    if not _warned:  # pragma: no cover - a GPU without either kernel
-        warnings.warn("no flash-attn and no torch varlen_attn: attention runs on SDPA; its decode path "
-                      "(bool mask + GQA) falls to the slow math kernel on CUDA")
+    if not _warned:  # one warning per process, at the first half-precision CUDA call
+        warnings.warn(f"no flash-attn, and {VARLEN_MISSING}: attention falls back to SDPA; its decode path "
+                      "(bool mask + GQA) runs on the slow math kernel on CUDA")
         _warned = True
     return "sdpa"
 

@@ -13,6 +13,10 @@ It is written under `.tmp-step_XXXXXXXX/` and renamed into place only after
 every rank wrote its part and COMPLETE exists, so a crash mid-save never leaves
 a half checkpoint as the newest one; `latest_checkpoint` also re-checks the
 listed files and falls back to the previous checkpoint when one is missing.
+A write that fails (a full disk: torch's writer then raises "[enforce fail at
+inline_container.cc] ... unexpected pos", safetensors and Python raise ENOSPC)
+stops every rank with one `error:` line, after the partial folder is removed,
+so the last complete checkpoint stays the newest and the same command resumes.
 Everything is loaded with `torch.load(weights_only=True)`: plain tensors and
 containers, never pickled code.
 
@@ -24,6 +28,7 @@ killed process is covered, a power cut may not be), remote storage. Assumes
 every rank sees the same file system.
 """
 
+import errno
 import os
 import random
 import re
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 
 from fapo_mini.dist import DistInfo, all_reduce_sum, barrier, print0
+from fapo_mini.errors import UserError
 
 _STEP_DIR = re.compile(r"step_(\d{8,})")
 _RANK_FILE = re.compile(r"rank\d+\.pt")
@@ -66,36 +72,107 @@ def save_checkpoint(
     written by rank 0, `rank_state` by every rank. Only the newest `keep`
     checkpoints are kept. `sharded` (FSDP2: a state dict of DTensors) is written by
     every rank together with DCP into `<checkpoint>/sharded`.
+
+    The save runs in stages, and after each one the ranks agree (an all-reduce, which is
+    also the barrier between stages) whether any rank failed, so they stop together
+    instead of waiting for a rank that is gone. On a failure the temporary folder is
+    removed and every rank raises: a failed write is a one-line UserError that says the
+    disk is full (or what the OS said) and which checkpoint is kept; any other exception
+    keeps its traceback on the rank that raised it.
     """
     if keep < 1 or step < 0:
         raise ValueError(f"need keep >= 1 and step >= 0, got keep={keep}, step={step}")
     ckpt_dir = Path(run_dir) / "ckpt"
     name = f"step_{step:08d}"
     tmp, final = ckpt_dir / f".tmp-{name}", ckpt_dir / name
-    if dist_info.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crashed save of this step
-        (tmp / "model").mkdir(parents=True)
-    barrier()  # the folder exists before anyone writes into it
-    if dist_info.is_main:
-        write_model(tmp / "model")
-        torch.save(state, tmp / "state.pt")
-    torch.save(rank_state, tmp / f"rank{dist_info.rank}.pt")
-    if sharded is not None:
+
+    def make_folder():
+        if dist_info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a crashed save of this step
+            (tmp / "model").mkdir(parents=True)
+
+    def write_parts():
+        if dist_info.is_main:
+            write_model(tmp / "model")
+            torch.save(state, tmp / "state.pt")
+        torch.save(rank_state, tmp / f"rank{dist_info.rank}.pt")
+
+    def write_sharded():
         import torch.distributed.checkpoint as dcp
-        dcp.save(sharded, checkpoint_id=tmp / "sharded")
-    barrier()  # every rank wrote its part
+        from torch.distributed.checkpoint.api import CheckpointException
+        try:
+            dcp.save(sharded, checkpoint_id=tmp / "sharded")
+        except CheckpointException as e:   # a BaseException, the same on every rank: rank -> (exception, trace)
+            raise e.failures[min(e.failures)][0] from e
+
+    def finish():
+        if dist_info.is_main:
+            files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+            (tmp / "COMPLETE").write_text("".join(f + "\n" for f in files))
+            if final.exists():  # saving a step again (e.g. right after a resume): replace it
+                shutil.rmtree(final)
+            tmp.rename(final)
+
+    # after each stage: the folder exists before anyone writes into it; every rank wrote its part
+    # before COMPLETE lists the files; nobody returns (or exits) before the checkpoint is in place
+    for stage in (make_folder, write_parts, *([write_sharded] if sharded is not None else []), finish):
+        error = None
+        try:
+            stage()
+        except Exception as e:
+            error = e
+        if all_reduce_sum(torch.tensor([float(error is not None)], device=dist_info.device)).item() == 0:
+            continue
+        why = _why(error, ckpt_dir)                   # before the removal: it may look at the free space
+        if dist_info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()                                     # removed before anyone looks for the last checkpoint
+        if why is None:
+            raise error
+        reason, full = why
+        kept = latest_checkpoint(run_dir, dist_info.world_size)
+        then = "free some space and" if full else "once the disk takes writes again,"
+        raise UserError(f"{final}: cannot save this checkpoint: {reason}; the partial checkpoint is removed and "
+                        + (f"the last complete one, {kept}, is kept: {then} run the same command to resume from it"
+                           if kept else f"there is no earlier one: {then} run the same command to start over"))
     if dist_info.is_main:
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-        (tmp / "COMPLETE").write_text("".join(f + "\n" for f in files))
-        if final.exists():  # saving a step again (e.g. right after a resume): replace it
-            shutil.rmtree(final)
-        tmp.rename(final)
         for old in _step_dirs(ckpt_dir)[:-keep]:
             shutil.rmtree(old)
         for stale in ckpt_dir.glob(".tmp-*"):  # left by saves that crashed
             shutil.rmtree(stale)
-    barrier()  # nobody returns (or exits) before the checkpoint is in place
     return final
+
+
+def _free_bytes(folder: Path) -> int:
+    """Bytes this process may still write on the disk that holds `folder` (or its nearest existing parent)."""
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _why(error: Exception | None, folder: Path) -> tuple[str, bool] | None:
+    """(what went wrong, whether the disk is full) for a failed save into `folder`; None when `error`
+    is no failed write (a bug: it keeps its traceback); `error` None: this rank wrote its part and
+    another rank failed. A full disk shows as ENOSPC / EDQUOT from Python and safetensors ("Error
+    while serializing: I/O error: No space left on device (os error 28) ..."), but torch's zip writer
+    loses the errno ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", or
+    "basic_ios::clear: iostream error"): then the disk counts as full when under 1 MiB is left
+    (on a full disk a write fails only once nothing is left)."""
+    if error is None:
+        return "another rank failed to write its part (its own error line says why)", False
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    torch_writer = ("inline_container", "PytorchStreamWriter", "iostream error")
+    if isinstance(error, OSError):
+        code, said = error.errno, error.strerror or text
+    elif type(error).__name__ == "SafetensorError" and "I/O error" in text:
+        m = re.search(r"I/O error: (.+?) \(os error (\d+)\)", text)
+        code, said = (int(m[2]), m[1]) if m else (None, text)
+    elif isinstance(error, RuntimeError) and any(k in text for k in torch_writer):
+        code, said = None, text
+    else:
+        return None
+    full = code in (errno.ENOSPC, errno.EDQUOT) if code is not None else _free_bytes(folder) < 2**20
+    return (f"the disk is full ({said})" if full else f"the write failed ({said})"), full
 
 
 def latest_checkpoint(run_dir, world_size: int) -> Path | None:

@@ -77,8 +77,20 @@ def _initialized() -> bool:
 
 
 def cleanup() -> None:
-    """Tear the process group down (call once at the end of a script)."""
+    """Tear the process group down: every rank calls it once, at the end of a script.
+
+    First a barrier: no rank tears down and exits (closing its connections) while a peer is still
+    in a collective, and while this rank waits there, with the GIL released, gloo's worker threads
+    can finish releasing the tensors of the collectives they ran. Then destroy_process_group.
+    That does not end gloo's threads (2 workers, 1 socket loop) while anything holds the group,
+    and torch does (torch.distributed.nn.functional keeps `group.WORLD` as a default argument,
+    FSDP2 its device mesh), so they live until interpreter shutdown. They must be idle by then:
+    Python ends a thread that asks for the GIL during shutdown, and inside a C++ destructor that
+    is `terminate called without an active exception` (SIGABRT), which a resumed --fsdp run once
+    printed on its way out.
+    """
     if _initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

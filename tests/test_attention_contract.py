@@ -6,11 +6,16 @@ documented contract (dtypes, int32 offsets and lengths, shapes and layouts, cont
 the causal flag, lengths within the cache) and then computes the documented result with
 an independent reference: a per-sequence loop over SDPA with an explicit mask. The real
 call sites (the model's packed forward, the sampler's prefill and decode, the trainer's
-log-probs) then run through `attention.backend` forced to "flash" or "varlen".
+log-probs) then run through `attention.backend` forced to "flash" or "varlen". The varlen
+stand-in also records the keywords it is given: each must be one `find_varlen` checks the
+installed torch for, and a torch whose varlen_attn lacks one must fall back to SDPA.
 
 Sources of the contracts: flash-attn's `flash_attn_varlen_func` / `flash_attn_with_kvcache`
 docstrings, and `torch.nn.attention.varlen.varlen_attn`'s (torch 2.13).
 """
+import warnings
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,7 @@ from fapo_mini.sampler import Sampler, SamplingParams
 
 HALF = (torch.float16, torch.bfloat16)
 CALLS = {}
+KEYWORDS = set()                                                              # every keyword passed to varlen_attn
 
 
 def attend(q, k, v, causal_end):
@@ -77,11 +83,15 @@ def fake_flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seql
     return out
 
 
-def fake_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1),
-                     enable_gqa=False, seqused_k=None, block_table=None, **unused):
+def fake_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **kw):
     CALLS["varlen"] = CALLS.get("varlen", 0) + 1
+    KEYWORDS.update(kw)
+    unchecked = set(kw) - set(attention.VARLEN_KEYWORDS)
+    assert not unchecked, f"find_varlen does not check that varlen_attn takes {unchecked}"
+    window_size, enable_gqa = kw.get("window_size", (-1, -1)), kw.get("enable_gqa", False)
+    seqused_k = kw.get("seqused_k")
     check_qkv(query, key, value)
-    assert query.dim() == key.dim() == 3 and block_table is None and not unused
+    assert query.dim() == key.dim() == 3
     assert enable_gqa == (key.shape[1] != query.shape[1]), "enable_gqa must say whether KV heads are shared"
     assert window_size in ((-1, 0), (-1, -1)), "causal (-1, 0) or full (-1, -1)"
     check_offsets(cu_seq_q, query.shape[0], "cu_seq_q")
@@ -107,6 +117,7 @@ def gpu_backend(request, monkeypatch):
     monkeypatch.setattr(attention, "varlen_attn", fake_varlen_attn, raising=False)
     monkeypatch.setattr(attention, "backend", lambda x: request.param)
     CALLS.clear()
+    KEYWORDS.clear()
     return request.param
 
 
@@ -114,13 +125,45 @@ def test_backend_order_on_cpu(monkeypatch):
     """CPU tensors, and fp32 on any device, always take SDPA; torch 2.13 has the varlen
     arguments we use; its kernel refuses CPU tensors, which is why SDPA is the CPU path."""
     assert attention.backend(torch.zeros(1, dtype=torch.bfloat16)) == "sdpa"
-    real = attention.find_varlen()
-    assert real is not None
+    real, missing = attention.find_varlen()
+    assert real is not None and missing is None
     monkeypatch.setattr(attention, "varlen_attn", real)
     q = torch.randn(4, 2, 16, dtype=torch.bfloat16)
     cu = torch.tensor([0, 4], dtype=torch.int32)
     with pytest.raises(Exception):
         attention.varlen_attention_torch(q, q, q, cu, 4)
+
+
+def varlen_attn_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    """The signature torch 2.9 documents."""
+
+
+def varlen_attn_no_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                       window_size=(-1, -1), seqused_k=None):
+    """The signature of a torch main-branch build that had window_size and seqused_k but no enable_gqa."""
+
+
+@pytest.mark.parametrize("older,missing", [(varlen_attn_2_9, "window_size, enable_gqa, seqused_k"),
+                                           (varlen_attn_no_gqa, "enable_gqa")])
+def test_older_varlen_attn_falls_back_to_sdpa_with_one_warning(monkeypatch, older, missing):
+    """A varlen_attn without every keyword our calls pass is not used (the call would raise TypeError
+    mid-run): find_varlen says why, and a GPU without flash-attn then runs SDPA and warns once, naming
+    the torch version, the missing keywords and the fallback."""
+    import torch.nn.attention.varlen
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", older)
+    found, why = attention.find_varlen()
+    assert found is None and why == f"torch {torch.__version__}'s varlen_attn takes no {missing}"
+    # the module's import on such a CUDA machine without flash-attn, then half-precision CUDA queries
+    for name, value in dict(HAS_FLASH=False, varlen_attn=None, HAS_VARLEN=False, VARLEN_MISSING=why,
+                            _warned=False).items():
+        monkeypatch.setattr(attention, name, value)
+    cuda_bf16 = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16)          # backend reads only these two
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")                                       # count every warn call
+        assert [attention.backend(cuda_bf16) for _ in range(3)] == ["sdpa"] * 3
+    assert [str(w.message) for w in caught] == [
+        f"no flash-attn, and torch {torch.__version__}'s varlen_attn takes no {missing}: attention falls back "
+        "to SDPA; its decode path (bool mask + GQA) runs on the slow math kernel on CUDA"]
 
 
 @pytest.mark.parametrize("S", [1, 3])
@@ -144,6 +187,7 @@ def test_gpu_functions_equal_sdpa(gpu_backend, S):
     torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
     assert torch.equal(kc, kc2) and torch.equal(vc, vc2)                     # the same cache writes
     assert CALLS == ({"flash_varlen": 1, "flash_kvcache": 1} if gpu_backend == "flash" else {"varlen": 2})
+    assert KEYWORDS == (set() if gpu_backend == "flash" else set(attention.VARLEN_KEYWORDS))   # each one is used
 
 
 def test_sampler_and_trainer_call_sites(gpu_backend, qwen3_dir, byte_tokenizer):

@@ -4,10 +4,13 @@ Why this file exists: sharding must not change the update. The same rollouts are
 trained once under DDP and once under torch.distributed.fsdp.fully_shard (fp32
 mixed-precision policy, as on CPU), on a tied-head model and on an untied one, and the parameters must agree within 1e-6 after SGD steps (1e-5 after AdamW steps). The sampler's rollout copy,
 refreshed from the FSDP2 shards, must hold exactly the trained parameters.
-Kill-and-resume under --fsdp is tested in test_resume.py.
+Kill-and-resume under --fsdp is tested in test_resume.py; here, that `dist.cleanup` at the end
+of a run waits for every rank before tearing the process group down.
 """
 import itertools
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,24 @@ def test_fsdp2_update_equals_ddp(model_dir, untied_dir, tok, tmp_path):
             assert all(torch.equal(res["copy"][k], p_fsdp[k]) for k in p_fsdp)            # the rollout copy
             copy_tokens, ddp_tokens = res["greedy"]
             assert copy_tokens == ddp_tokens                                                # samples the same
+
+
+def cleanup_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), CUDA_VISIBLE_DEVICES="")
+    dist.setup()
+    if rank == 0:
+        time.sleep(1.0)                                   # still busy, as rank 0 is pruning old checkpoints
+    entered = time.time()
+    dist.cleanup()
+    times = {"entered": entered, "left": time.time(), "initialized": torch.distributed.is_initialized()}
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(times))
+
+
+def test_cleanup_waits_for_every_rank(tmp_path):
+    """No rank tears the group down (and exits, closing its connections) before every rank got
+    to the end: rank 1 leaves cleanup only after rank 0, a second late, came into it."""
+    mp.spawn(cleanup_worker, args=(free_port(), tmp_path), nprocs=WORLD, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+    assert r1["left"] >= r0["entered"] >= r1["entered"] + 0.9
+    assert not r0["initialized"] and not r1["initialized"]
