@@ -19,8 +19,6 @@ fp32 master weights under bf16 autocast; `logp_gap` in metrics.jsonl measures th
 
 Simplified away: tensor / pipeline parallelism, CPU offload, hybrid sharding (HSDP).
 """
-import sys
-
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -65,16 +63,15 @@ def unwrap(module):
 
 
 def is_dtensor(t) -> bool:
-    """Is `t` an FSDP2 shard (a DTensor)? Asked without importing torch.distributed.tensor, which
-    costs about a second of every process's start-up: no tensor is a DTensor before it is loaded."""
-    mod = sys.modules.get("torch.distributed.tensor")
-    return mod is not None and isinstance(t, mod.DTensor)
+    """Is `t` an FSDP2 shard (a DTensor)?"""
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
 
 
 def is_fsdp(module) -> bool:
-    """Is `module` FSDP2-sharded? (No import either, as in is_dtensor.)"""
-    mod = sys.modules.get("torch.distributed.fsdp")
-    return mod is not None and isinstance(module, mod.FSDPModule)
+    """Is `module` FSDP2-sharded?"""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(module, FSDPModule)
 
 
 def _full(p: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,9 @@ recomputes, so the first PPO ratio is exactly 1 up to float error.
 check_every: 1 on CPU, where a device-to-host read costs nothing and every step a dead
 row runs on is wasted work; 8 on CUDA, where each read stalls the launch queue, so rows
 that finish run on for up to 7 steps (their tokens are discarded) in exchange for one
-sync per 8 tokens. On the SDPA path (CPU) the decode attends only up to the longest live
-row (a host-side bound, no sync). The GPU kernels skip unused keys themselves, so they get
-whole slots: static shapes, and the step can be a CUDA graph (`cuda_graphs=True`, one
-graph per bucket, `cudagraph.py`).
+sync per 8 tokens. The GPU kernels get whole cache slots: static shapes, and the step can
+be a CUDA graph (`cuda_graphs=True`, one graph per bucket, `cudagraph.py`); on the SDPA path
+(CPU) `Slots.views` cuts the keys to the longest live row.
 
 What nano-vllm does that this does not: paged KV blocks and prefix caching (our slots are
 dense, L = longest prompt + max_new_tokens each), chunked prefill mixed into decode steps
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fapo_mini import attention
 from fapo_mini.cudagraph import GraphedDecode
 from fapo_mini.slots import Slots, buckets
 
@@ -172,7 +170,6 @@ class Sampler:
         self.cache_bytes = slots.bytes
         graph = GraphedDecode(model, slots, buckets(slots.B)) if self.cuda_graphs else None
         every = self.check_every or (8 if device.type == "cuda" else 1)
-        cut_keys = attention.backend(slots.k[0]) == "sdpa"   # SDPA's cost follows the keys it is given
         eos = self.eos.to(device)
         stop_mask = self._stop_candidates(tuple(params.stop)).to(device) if params.stop else None
         out_tok = torch.zeros(R + 1, max_new, dtype=torch.long, device=device)   # row R: scratch for dead slots
@@ -201,8 +198,7 @@ class Sampler:
             if graph is not None:
                 logits = graph(tok, slots.seqlens[:m], m)
             else:
-                span = slots.span(step) if cut_keys else None
-                k_caches, v_caches = slots.views(span)
+                k_caches, v_caches = slots.views(step)
                 logits = model.lm_head(model.decode(tok, slots.seqlens[:m], k_caches, v_caches)).float()
             slots.seqlens[:m] = torch.where(alive, slots.seqlens[:m] + 1, 0)
             step += 1

@@ -128,6 +128,34 @@ def test_check_every_keeps_sampled_rows(qwen3_dir, byte_tokenizer):
         [(s.token_ids, s.logprobs, s.finish_reason) for s in b]
 
 
+def test_cut_key_span_agrees_with_whole_slots(ckpt_dir, byte_tokenizer, monkeypatch):
+    """On the SDPA path `Slots.views` cuts each decode's keys to the longest live row + 1 (a CPU
+    saving); the whole slots the GPU kernels get give the same tokens, and log-probs equal up to
+    float rounding. With 3 slots rows are refilled and compacted, so the span moves both ways."""
+    spans, whole_slots = [], []
+
+    def spied(self, step, _views=slots.Slots.views):
+        if whole_slots:
+            self.cut_keys = False                                             # as on a GPU
+        k, v = _views(self, step)
+        spans.append((k[0].shape[1], self.L))
+        return k, v
+    monkeypatch.setattr(slots.Slots, "views", spied)
+    model = load_model(ckpt_dir)
+    kw = dict(n=2, temperature=1.0, max_new_tokens=12, seed=3, max_rows=3)
+    cut = run(model, byte_tokenizer, **kw)
+    # step 0: slots hold prompts 0, 0, 1 (3, 3 and 8 tokens); the longest attends to its 8 + 1 keys
+    assert spans[0] == (9, 8 + 12) and all(s <= L for s, L in spans)
+    cut_spans, spans[:] = list(spans), []
+    whole_slots.append(True)
+    whole = run(model, byte_tokenizer, **kw)
+    assert all(s == L for s, L in spans) and len(spans) == len(cut_spans)
+    assert sum(s for s, _ in cut_spans) < 0.8 * sum(L for _, L in spans)      # the cut really is smaller
+    for a, b in zip(cut, whole):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
 def test_cache_bytes_is_the_dense_slot_cache(qwen2_dir, byte_tokenizer):
     model = load_model(qwen2_dir)
     sampler = Sampler(model, byte_tokenizer, max_rows=5)
