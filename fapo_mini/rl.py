@@ -365,8 +365,9 @@ def metrics_line(args, info, step: int, batch: Batch, lengths, stats: dict) -> d
 
 def evaluate(args, info, sampler, ev: Evaluation) -> dict:
     """The live policy on the held-out rows: each rank samples its strided share, --eval-n per
-    prompt, from a generator seeded the same at every evaluation (--seed + rank; rank 0's draws are
-    rollout.py's with --seed), and the counts are summed over ranks. -> {"eval/<metric>": value}"""
+    prompt, from a generator seeded the same at every evaluation (--seed + rank: on one rank these
+    are rollout.py's draws with --seed and a --batch-size that takes every row in one call), and the
+    counts are summed over ranks. -> {"eval/<metric>": value}"""
     t0 = time.time()
     idx = list(range(info.rank, len(ev.rows), info.world_size))
     params = SamplingParams(n=args.eval_n, temperature=args.eval_temperature, top_p=args.eval_top_p,

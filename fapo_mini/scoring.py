@@ -5,7 +5,7 @@ live policy on held-out rows every --eval-every steps (fapo_mini/rl.py); both mu
 same numbers for the same samples. Every metric is first a (numerator, denominator) pair,
 so the trainers can sum them over ranks before dividing, exactly as their training metrics.
 
-Conventions (docs/method.md §7): `accuracy` is the paper's avg@n, the mean correctness of
+Conventions (docs/method.md §8): `accuracy` is the paper's avg@n, the mean correctness of
 all n samples of every prompt; pass@k is Chen et al.'s unbiased estimator, averaged over
 prompts; the flawed-positive ratio is flawed / correct, by the task's exact oracle where it
 has one (`fp_ratio`) and by a judge where one is given (`judge_fp_ratio`).
