@@ -119,6 +119,7 @@ TRAINER_RANGES = tuple((flag, at_least(1), ">= 1") for flag in (
     ("lr", lambda v: v > 0, "> 0"),
     ("weight_decay", at_least(0), ">= 0"),
     ("kl_coef", at_least(0), ">= 0 (0 = no reference model)"),
+    ("tis_cap", at_least(0), ">= 0 (0 = off)"),
     ("grad_clip", lambda v: v > 0, "> 0"),
     ("clip_low", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("clip_high", at_least(0), ">= 0"),

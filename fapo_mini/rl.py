@@ -78,6 +78,10 @@ def add_common_args(ap):
     g.add_argument("--dual-clip", type=float, default=10.0)
     g.add_argument("--loss-agg", default="token-mean", choices=grpo.AGG_MODES)
     g.add_argument("--kl-coef", type=float, default=0.0, help="k3 KL to the initial model (0 = no reference model)")
+    g.add_argument("--tis-cap", type=float, default=0.0,
+                   help="truncated importance sampling: weight each token's loss by min(pi_old / pi_sampler, cap) "
+                        "(0 = off; verl's rollout correction uses 2). pi_old is the trainer's own wherever the "
+                        "sampler's copy differs from it (bf16 on GPU, FSDP2), else the sampler's, and the weight is 1")
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--grad-checkpointing", action="store_true")
     g.add_argument("--fsdp", action="store_true",
@@ -164,7 +168,8 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
     cfg = UpdateConfig(temperature=args.temperature, mini_batches=args.mini_batches, micro_tokens=args.micro_tokens,
                        clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip,
                        loss_agg=args.loss_agg, max_response=args.max_new_tokens, grad_clip=args.grad_clip,
-                       kl_coef=args.kl_coef)
+                       kl_coef=args.kl_coef, tis_cap=args.tis_cap,
+                       recompute_old=rollout.is_copy)     # the sampler's copy is not the trained weights
     collector = Collector(args, info, sampler, params, run.gen, rows, prompt_ids, reward_fn)
     bar = tqdm(range(run.step, args.steps), initial=run.step, total=args.steps, disable=not info.is_main)
     with GracefulStop() as stop:

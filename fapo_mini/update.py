@@ -33,8 +33,9 @@ class Rollouts:
     """This rank's rollouts of one step, group after group (n per prompt)."""
     prompt_ids: list          # list[list[int]], one per rollout
     response_ids: list        # list[list[int]]
-    old_logp: list            # list[list[float]], the sampler's log-probs
+    old_logp: list            # list[list[float]], PPO's old log-probs: the sampler's, or the trainer's (recompute)
     advantages: torch.Tensor  # (N,)
+    sampler_logp: list | None = None   # the sampler's, where old_logp was recomputed by the trainer
 
 
 @dataclass
@@ -49,6 +50,8 @@ class UpdateConfig:
     max_response: int = 0             # for seq-mean-token-sum-norm
     grad_clip: float = 1.0
     kl_coef: float = 0.0
+    recompute_old: bool = False       # old log-probs by the trained model (the rollout copy differs from it)
+    tis_cap: float = 0.0              # truncated importance sampling against the sampler, capped (0 = off)
 
 
 def pack_pairs(pairs, device):
@@ -78,11 +81,14 @@ def pack_pairs(pairs, device):
 
 def pack(rollouts: Rollouts, idx, device):
     """Rollouts idx -> pack_pairs' tensors plus, per scored position (T_r,), the sampled token `tgt`,
-    the sampler's log-prob of it `old` and the rollout's advantage `adv`."""
+    PPO's old log-prob of it `old`, the sampler's `sampler` (the same tensor unless `old` was
+    recomputed) and the rollout's advantage `adv`."""
     idx = list(idx)
     b = pack_pairs([(rollouts.prompt_ids[i], rollouts.response_ids[i]) for i in idx], device)
     b["tgt"] = b["nxt"][b["sel"]]
-    b["old"] = torch.tensor([x for i in idx for x in rollouts.old_logp[i]], dtype=torch.float32, device=device)
+    cat = lambda logps: torch.cat([torch.as_tensor(logps[i], dtype=torch.float32) for i in idx]).to(device)
+    b["old"] = cat(rollouts.old_logp)
+    b["sampler"] = b["old"] if rollouts.sampler_logp is None else cat(rollouts.sampler_logp)
     b["adv"] = torch.tensor([float(rollouts.advantages[i]) for i in idx], dtype=torch.float32, device=device)[b["seq"]]
     return b
 
@@ -114,11 +120,36 @@ def response_logprobs(model, batch, temperature, with_entropy=False):
     return unwrap(model).token_logprobs(hidden[batch["sel"]], batch["tgt"], temperature, with_entropy=with_entropy)
 
 
+@torch.no_grad()
+def trainer_old_logp(model, rollouts: Rollouts, plan, temperature, autocast) -> Rollouts:
+    """PPO's old log-probs as the trained model computes them, before the update (docs/method.md §8).
+
+    The sampler's model is a bf16 copy on GPU and under FSDP2: its log-probs differ from the
+    trainer's by numeric noise, and a ratio taken against them starts away from 1, so the clip
+    would act on noise. Recomputed with the update's own packing (`plan`: every mini-batch's
+    micro-batches), the first mini-batch's ratio is exactly 1. The sampler's log-probs are kept
+    (sampler_logp): their gap is logged and truncated importance sampling reads them."""
+    old = list(rollouts.old_logp)
+    for _, micros in plan:
+        for mi in micros:
+            batch = pack(rollouts, mi, batch_device(model))
+            with autocast:
+                logp = response_logprobs(model, batch, temperature).float()
+            for i, lp in zip(mi, logp.split([len(rollouts.response_ids[i]) for i in mi])):
+                old[i] = lp
+    return Rollouts(rollouts.prompt_ids, rollouts.response_ids, old, rollouts.advantages, rollouts.old_logp)
+
+
+def batch_device(model):
+    return next(model.parameters()).device
+
+
 # token-summed statistics of one update, all-reduced once at the end
 SUMS = ("clipped",          # tokens whose ratio was clipped
         "kl_to_sampler",    # k3 KL(sampler || trainer)
         "entropy",          # the trainer's entropy
-        "logp_gap",         # |trainer - sampler| log-prob, first mini-batch only (before any step)
+        "logp_gap",         # |old - sampler| log-prob where old was recomputed (every token), else
+                            # |trainer - sampler| over the first mini-batch (before any step)
         "tokens",           # response tokens
         "tokens_first")     # response tokens of the first mini-batch
 
@@ -129,30 +160,34 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
     then one step of `scheduler`, so a warm-up counts RL steps whatever the mini-batch count (as verl
     steps its scheduler once per actor update). `model` may be DDP-wrapped or FSDP2-sharded. Returns
     metrics averaged over all ranks; `lr` is the rate this update's optimizer steps used."""
-    device = next(model.parameters()).device
+    device = batch_device(model)
     N = len(rollouts.response_ids)
-    if N % cfg.mini_batches:
-        raise ValueError(f"{N} rollouts per rank do not split into {cfg.mini_batches} mini-batches")
+    assert N % cfg.mini_batches == 0, "preflight.check_layout: --mini-batches divides a rank's rollouts"
     order = torch.randperm(N, generator=generator).tolist()
     mb_size = N // cfg.mini_batches
     ac = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
-    fsdp = is_fsdp(model)
-    sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in SUMS}
-    grad_norms = []
-    lr = optimizer.param_groups[0]["lr"]                                  # this RL step's rate, all mini-batches
-    model.train()
+    plan = []                                      # (rollouts, micro-batches) of every mini-batch
     for m in range(cfg.mini_batches):
         idx = order[m * mb_size:(m + 1) * mb_size]
-        counts = torch.tensor([sum(len(rollouts.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64,
-                              device=device)
-        n_tok, n_seq = all_reduce_sum(counts).tolist()                      # global, once per optimizer step
-        denom = grpo.loss_denominator(cfg.loss_agg, n_tok, n_seq)
         micros = micro_batches(idx, rollouts, cfg.micro_tokens)
-        if fsdp:                                   # every rank: as many forwards as the rank with the most
+        if is_fsdp(model):                         # every rank: as many forwards as the rank with the most
             n_micro = torch.tensor([float(len(micros))], device=device)
             if world_size > 1:
                 torch.distributed.all_reduce(n_micro, op=torch.distributed.ReduceOp.MAX)
             micros = micro_batches(idx, rollouts, cfg.micro_tokens, at_least=int(n_micro.item()))
+        plan.append((idx, micros))
+    if cfg.recompute_old:
+        rollouts = trainer_old_logp(model, rollouts, plan, cfg.temperature, ac)
+    sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in SUMS}
+    gap_max = torch.zeros((), device=device)
+    grad_norms = []
+    lr = optimizer.param_groups[0]["lr"]                                  # this RL step's rate, all mini-batches
+    model.train()
+    for m, (idx, micros) in enumerate(plan):
+        counts = torch.tensor([sum(len(rollouts.response_ids[i]) for i in idx), len(idx)], dtype=torch.float64,
+                              device=device)
+        n_tok, n_seq = all_reduce_sum(counts).tolist()                      # global, once per optimizer step
+        denom = grpo.loss_denominator(cfg.loss_agg, n_tok, n_seq)
         for k, mi in enumerate(micros):
             batch = pack(rollouts, mi, device)
             sync = k == len(micros) - 1 or not hasattr(model, "no_sync")
@@ -161,20 +196,26 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
                     logp, ent = response_logprobs(model, batch, cfg.temperature, with_entropy=True)
                     per_tok, clip_stats = grpo.clipped_loss(logp, batch["old"], batch["adv"], cfg.clip_low,
                                                             cfg.clip_high, cfg.dual_clip)
+                    if cfg.tis_cap:                # docs/method.md §8: truncated IS, old policy / sampler, capped
+                        per_tok = per_tok * torch.exp(batch["old"] - batch["sampler"]).clamp(max=cfg.tis_cap)
                     if ref_model is not None:
                         with torch.no_grad():
                             ref = response_logprobs(ref_model, batch, cfg.temperature)
                         per_tok = per_tok + cfg.kl_coef * grpo.kl_k3(logp, ref)   # k3 KL penalty in the loss
                     loss = grpo.aggregate(per_tok, batch["seq"], cfg.loss_agg, denom, cfg.max_response) * world_size
                 loss.backward()
-            gap = logp.detach() - batch["old"]
-            first = m == 0
+            # the rollout-vs-trainer gap: old - sampler over every token where old was recomputed,
+            # else trainer - sampler over the first mini-batch, before any step
+            first = m == 0 or cfg.recompute_old
+            gap = (batch["old"] if cfg.recompute_old else logp.detach()) - batch["sampler"]
             sums["clipped"] += clip_stats["clipped"].sum().double()
-            sums["kl_to_sampler"] += grpo.kl_k3(batch["old"], logp.detach()).sum().double()
+            sums["kl_to_sampler"] += grpo.kl_k3(batch["sampler"], logp.detach()).sum().double()
             sums["entropy"] += ent.sum().double()
             sums["logp_gap"] += (gap.abs().sum() if first else gap.new_zeros(())).double()
             sums["tokens"] += float(len(logp))
             sums["tokens_first"] += float(len(logp)) if first else 0.0
+            if first and len(gap):
+                gap_max = torch.maximum(gap_max, gap.abs().max())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if is_dtensor(grad_norm):                                    # FSDP2: the norm over all shards
             grad_norm = grad_norm.full_tensor()
@@ -185,9 +226,11 @@ def ppo_update(model, optimizer, scheduler, rollouts: Rollouts, cfg: UpdateConfi
         optimizer.zero_grad(set_to_none=True)
     scheduler.step()                                                      # once per RL step: the next step's rate
     total = dict(zip(SUMS, all_reduce_sum(torch.stack([sums[k] for k in SUMS])).tolist()))
+    if world_size > 1:
+        torch.distributed.all_reduce(gap_max, op=torch.distributed.ReduceOp.MAX)
     return {"clip_frac": total["clipped"] / total["tokens"], "kl_to_sampler": total["kl_to_sampler"] / total["tokens"],
             "entropy": total["entropy"] / total["tokens"], "logp_gap": total["logp_gap"] / max(total["tokens_first"], 1),
-            "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lr}
+            "logp_gap_max": gap_max.item(), "grad_norm": sum(grad_norms) / len(grad_norms), "lr": lr}
 
 
 def make_optimizer(model, lr, warmup_steps, weight_decay=0.1):

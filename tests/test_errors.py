@@ -421,6 +421,7 @@ def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, l
                                              ("--kl-coef", "-1", "--kl-coef must be >= 0 (0 = no reference model), got -1.0"),
                                              ("--clip-low", "1", "--clip-low must be in [0, 1), got 1.0"),
                                              ("--dual-clip", "1", "--dual-clip must be > 1, got 1.0"),
+                                             ("--tis-cap", "-1", "--tis-cap must be >= 0 (0 = off), got -1.0"),
                                              ("--temperature", "0", "--temperature must be > 0 (training samples"),
                                              ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
                                              ("--overlong-buffer", "500", "--overlong-buffer 500 must be <= --max-new-tokens 128")])

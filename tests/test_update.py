@@ -98,3 +98,68 @@ def test_resume_mid_warmup_is_exact():
     assert used == pytest.approx([WANT[2]] * 2 + [WANT[3]] * 2, rel=1e-12)
     for k, v in model.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
+
+
+def sampled_by_bf16_copy(model, n=8):
+    """n rollouts of one toy prompt sampled by a bf16 copy of the fp32 `model`, as a GPU's rollout
+    copy samples: their log-probs are the copy's, not the trained model's."""
+    from fapo_mini.sampler import Sampler, SamplingParams
+    tok = toyworld.make_tokenizer()
+    copy_bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
+    prompt = tok.encode(toyworld.generate(1, 0, "train")[0].prompt, add_special_tokens=False)
+    samples = Sampler(copy_bf16, tok).generate([prompt], SamplingParams(n=n, max_new_tokens=12),
+                                               generator=torch.Generator().manual_seed(0))
+    return update.Rollouts([prompt] * n, [s.token_ids for s in samples], [s.logprobs for s in samples],
+                           torch.tensor([1.0, -1.0] * (n // 2)))
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_old_logprobs_recomputed_by_the_trainer_give_a_first_ratio_of_one(monkeypatch, recompute):
+    """A bf16 rollout copy of an fp32 policy: with the old log-probs recomputed by the trained model
+    (docs/method.md §8), every ratio of the first mini-batch is exactly 1; with the sampler's, the
+    ratios start off 1 by the copy's rounding. The gap is logged either way."""
+    model = sft.new_model("d64-l2", toyworld.make_tokenizer(), seed=1)
+    ro = sampled_by_bf16_copy(model)
+    seen = []                                           # per clipped_loss call: max |logp - old|
+    real = update.grpo.clipped_loss
+    monkeypatch.setattr(update.grpo, "clipped_loss",
+                        lambda logp, old, *a: seen.append((logp.detach() - old).abs().max().item()) or real(logp, old, *a))
+    # the fp32 trainer's log-probs before the update, by a loop of unpacked forwards
+    with torch.no_grad():
+        ref = torch.cat([update.response_logprobs(model, update.pack(ro, [i], "cpu"), 1.0) for i in range(8)])
+    opt, sched = update.make_optimizer(model, 1e-3, 1)
+    cfg = update.UpdateConfig(mini_batches=2, recompute_old=recompute)
+    stats = update.ppo_update(model, opt, sched, ro, cfg, generator=torch.Generator().manual_seed(0))
+    sampler = torch.cat([torch.tensor(x) for x in ro.old_logp])
+    gap = (ref - sampler).abs()
+    assert gap.max() > 1e-3                             # bf16 rounding, not numeric dust
+    if recompute:
+        assert seen[0] == 0.0                           # the first mini-batch: ratio exactly 1
+        assert stats["logp_gap"] == pytest.approx(gap.mean().item(), rel=1e-4)     # over every token
+        assert stats["logp_gap_max"] == pytest.approx(gap.max().item(), rel=1e-4)
+    else:
+        assert seen[0] > 1e-3                           # the ratio starts away from 1
+    print(f"recompute={recompute}: clip_frac {stats['clip_frac']:.4f}, first-mini-batch max |log ratio| "
+          f"{seen[0]:.2e}, logp_gap {stats['logp_gap']:.2e}")
+
+
+def test_truncated_importance_sampling_weights_by_hand(monkeypatch):
+    """--tis-cap C: each token's loss times min(exp(old - sampler), C) (docs/method.md §8)."""
+    model = sft.new_model("d64-l2", toyworld.make_tokenizer(), seed=1)
+    ro = sampled_by_bf16_copy(model)
+    losses = {}
+    real = update.grpo.aggregate
+    for cap in (0.0, 1.001):
+        calls = []
+        monkeypatch.setattr(update.grpo, "aggregate", lambda per_tok, *a: calls.append(per_tok.detach()) or real(per_tok, *a))
+        m = copy.deepcopy(model)
+        opt, sched = update.make_optimizer(m, 1e-3, 1)
+        update.ppo_update(m, opt, sched, ro, update.UpdateConfig(recompute_old=True, tis_cap=cap),
+                          generator=torch.Generator().manual_seed(0))
+        losses[cap] = calls[0]
+    b = update.pack(ro, torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist(), "cpu")
+    with torch.no_grad():
+        old = update.response_logprobs(model, b, 1.0)
+    w = torch.exp(old - b["old"]).clamp(max=1.001)      # b["old"] here is the sampler's (nothing recomputed)
+    assert (w < 1.001).any() and (w == 1.001).any()     # both sides of the cap are exercised
+    torch.testing.assert_close(losses[1.001], losses[0.0] * w, rtol=1e-5, atol=1e-7)
