@@ -6,15 +6,14 @@ that never lost its judge ends. The judge is a stand-in OpenAI-compatible server
 127.0.0.1 whose critique is a fixed verdict, so both runs see the same judge; the real-server
 checks of the served judge against vLLM are in test_served_judge.py.
 """
-import json
 import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from fapo_mini import toyworld
 from test_rl import ROOT, metrics, mixed_policy_dir, policy_args, tok, toy_problems  # noqa: F401 (fixtures)
+from test_served_judge import Scripted
 
 
 class StandIn:
@@ -22,41 +21,22 @@ class StandIn:
     correct rollout flawed) until `fail_after` completions were answered, then HTTP 500."""
 
     def __init__(self, fail_after=None):
-        self.posts, self.fail_after = 0, fail_after
-        outer = self
+        self.posts, self.fail_after, self.lock = 0, fail_after, threading.Lock()
+        self.server = Scripted(self.answer, models=("toy",))
+        self.url = self.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def reply(self, code, body):
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self.reply(200, {"data": [{"id": "toy"}]})
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                if outer.fail_after is not None and outer.posts >= outer.fail_after:
-                    return self.reply(500, {"error": {"message": "down"}})
-                outer.posts += 1
-                self.reply(200, {"choices": [{"text": "the first wrong step is \\boxed{0}", "finish_reason": "stop"}]})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, path, body):                       # the server answers from several threads
+        with self.lock:
+            if self.fail_after is not None and self.posts >= self.fail_after:
+                return 500, {"error": {"message": "down"}}
+            self.posts += 1
+        return 200, {"choices": [{"text": "the first wrong step is \\boxed{0}", "finish_reason": "stop"}]}
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.close()
 
 
 def train(tmp_path, mixed_policy_dir, data, out, steps, url):
