@@ -40,6 +40,7 @@ from fapo_mini.tasks import is_correct, task_of
 RANGES = (("lam", lambda v: v >= 0, ">= 0 (0 = GRPO)"),
           ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
           ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
+          ("genrm_cache_tokens", lambda v: v >= 0, ">= 0 (0 = --genrm-max-rows only)"),
           ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
           ("genrm_concurrency", lambda v: v >= 1, ">= 1"),
           ("genrm_timeout", lambda v: v > 0, "> 0"),
@@ -91,6 +92,8 @@ def main():
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
     g.add_argument("--genrm-max-rows", type=int, default=256,
                    help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
+    g.add_argument("--genrm-cache-tokens", type=int, default=0,
+                   help="KV-cache positions per judge wave: fewer rows when critic prompts are long (0 = rows only)")
     g = ap.add_argument_group("a served GenRM (fapo_mini/served_judge.py), instead of --genrm DIR")
     g.add_argument("--genrm-url", help="an OpenAI-compatible server of the GenRM (vLLM, SGLang, a router): "
                                        "http://HOST:PORT")
@@ -118,7 +121,8 @@ def main():
     if args.genrm:
         try:
             genrm = GenRMJudge(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
-                               trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows)
+                               trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows,
+                               cache_tokens=args.genrm_cache_tokens)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     elif args.genrm_url:                          # asks the server for its model name: a wrong URL fails here

@@ -47,10 +47,12 @@ class OracleJudge:
 
 
 class GenRMJudge:
-    """A GenRM model folder, sampled with our Sampler: judge(rows, responses) -> Verdicts."""
+    """A GenRM model folder, sampled with our Sampler: judge(rows, responses) -> Verdicts.
+    A wave decodes at most `max_rows` critiques, and with `cache_tokens` at most as many as fit a
+    KV cache of that many positions (the longest critic prompt + max_new_tokens each)."""
 
     def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False,
-                 max_rows=256):
+                 max_rows=256, cache_tokens=0):
         import torch
         from fapo_mini.model import load_model, load_tokenizer
         from fapo_mini.sampler import Sampler, SamplingParams
@@ -59,6 +61,7 @@ class GenRMJudge:
         self.sampler = Sampler(load_model(model_dir, device, dtype).eval(), self.tok, max_rows=max_rows)
         self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
         self.generator = torch.Generator(device=device).manual_seed(0)
+        self.max_rows, self.cache_tokens = max_rows, cache_tokens
 
     def prompt(self, row: dict, response: str) -> str:
         task = task_of(row)
@@ -75,6 +78,9 @@ class GenRMJudge:
         greedy = self.params.temperature == 0                # greedy: one critique per distinct text
         unique = list(dict.fromkeys(texts)) if greedy else texts
         ids = [self.tok.encode(t, add_special_tokens=False) for t in unique]
+        if self.cache_tokens:          # a wave's KV cache is rows x (longest prompt + max_new_tokens) positions
+            per_row = max(map(len, ids)) + self.params.max_new_tokens
+            self.sampler.max_rows = max(1, min(self.max_rows, self.cache_tokens // per_row))
         samples = self.sampler.generate(ids, self.params, self.generator)
         verdicts = [(policy_verdict(s.text), s.finish_reason == "length") for s in samples]
         if greedy:                                           # back from distinct texts to rollouts

@@ -274,3 +274,20 @@ def test_eval_recipe_dry_run(tmp_path, tiny_dirs):
         out = load_rows(tmp_path / f"{bench}.jsonl")
         assert len(out) == 2 * n and all(isinstance(o["correct"], bool) and len(o["response_ids"]) <= 16 for o in out)
         assert out[0]["prompt"][0]["content"].endswith(SUFFIX_TEXT)
+
+
+def test_genrm_judge_waves_fit_the_cache_budget(tiny_dirs):
+    """--genrm-cache-tokens: a wave holds as many critiques as fit that many KV positions, each
+    row taking the longest critic prompt + max_new_tokens (a dense slot)."""
+    det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
+    row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
+    responses = [f"so \\boxed{{{i}}}" + " step" * i for i in range(6)]
+    per_row = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses) + 8
+    cfg = det.sampler.model.cfg
+    position_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4   # k and v, fp32
+    unbounded = det([row] * 6, responses)
+    assert det.sampler.cache_bytes == 6 * per_row * position_bytes            # one wave of all 6
+    det.cache_tokens = 2 * per_row + per_row // 2                             # room for 2 rows, not 3
+    bounded = det([row] * 6, responses)
+    assert det.sampler.max_rows == 2 and det.sampler.cache_bytes == 2 * per_row * position_bytes
+    assert bounded.critiques == unbounded.critiques == 6
