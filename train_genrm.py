@@ -15,13 +15,13 @@ import argparse
 
 import torch
 
-from fapo_mini import dist, genrm, rl
+from fapo_mini import dist, flags, genrm, rl
 from fapo_mini.errors import cli
 from fapo_mini.preflight import check_critic_labels, check_run_inputs
 
 
 def main():
-    ap = rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    ap = flags.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     ap.add_argument("--reward", choices=("step", "outcome"), default="step", help="GenRM reward (docs/method.md §3)")
     args = ap.parse_args()
     fields = ("prompt", "reward_model.ground_truth", "extra_info.total_steps")

@@ -28,7 +28,7 @@ import argparse
 
 import torch
 
-from fapo_mini import dist, grpo, rl
+from fapo_mini import dist, flags, grpo, rl
 from fapo_mini.errors import UserError, cli
 from fapo_mini.judge import GenRMJudge, OracleJudge
 from fapo_mini.served_judge import ServedJudge
@@ -81,7 +81,7 @@ def make_reward_fn(lam: float, judge, genrm, oracle):
 
 
 def main():
-    ap = rl.add_eval_args(rl.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
+    ap = flags.add_eval_args(flags.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])))
     g = ap.add_argument_group("FAPO reward")
     g.add_argument("--lam", type=float, default=1.0, help="penalty for a flawed positive (0 = GRPO)")
     g.add_argument("--judge", choices=("genrm", "oracle", "none"), default="genrm",

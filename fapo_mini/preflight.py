@@ -108,7 +108,7 @@ def at_least(n):
     return lambda v: v >= n
 
 
-# The trainers' shared flags (fapo_mini/rl.py add_common_args); each trainer adds its own table.
+# The trainers' shared flags (fapo_mini/flags.py add_common_args); each trainer adds its own table.
 TRAINER_RANGES = tuple((flag, at_least(1), ">= 1") for flag in (
     "prompts_per_step", "max_new_tokens", "steps", "mini_batches", "micro_tokens", "filter_max_rounds",
     "rollout_max_rows")) + (
@@ -171,7 +171,7 @@ EVAL_RANGES = (("eval_every", at_least(0), ">= 0 (0 = off)"), ("eval_n", at_leas
 
 
 def check_eval_inputs(args):
-    """--eval-data and its flags (fapo_mini/rl.py add_eval_args), checked like the training rows.
+    """--eval-data and its flags (fapo_mini/flags.py add_eval_args), checked like the training rows.
     Returns (rows, prompt_ids), or (None, None) when evaluation is off."""
     from fapo_mini.data import load_rows, prompt_text, validate_rows
     from fapo_mini.model import load_config, load_tokenizer

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fapo_mini import rl, tracking
+from fapo_mini import flags, tracking
 from fapo_mini.errors import UserError
 from test_resume_genrm import POLICY, answer_6_rows, bigram_folder
 
@@ -90,7 +90,7 @@ def test_wandb_offline_run_holds_metrics_jsonl_and_resumes_the_same_run(world, t
 
 def test_a_missing_package_is_one_usage_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)      # import fails as if not installed
-    ap = rl.add_common_args(argparse.ArgumentParser(prog="train_policy.py"))
+    ap = flags.add_common_args(argparse.ArgumentParser(prog="train_policy.py"))
     with pytest.raises(SystemExit) as e:
         ap.parse_args(["--model", "m", "--data", "d", "--out", "o", "--report-to", "tensorboard"])
     assert e.value.code == 2
