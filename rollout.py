@@ -85,7 +85,7 @@ def score_critic(rows, n):
     return out
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="HF Qwen2 / Qwen3 folder with a tokenizer")
     ap.add_argument("--data", required=True, help="jsonl / parquet / hub name; rows need `prompt`")
@@ -109,36 +109,48 @@ def main():
     check_flags(args, RANGES)
     if "" in args.stop:
         raise UserError("--stop must be a non-empty string")
+    if args.genrm and args.genrm_url:
+        raise UserError("give one GenRM: --genrm DIR (loaded here) or --genrm-url URL (served)")
     check_output(args.out, folder=False)
+    return args
 
+
+def read_rows(args) -> tuple[list[dict], str | None]:
+    """The rows, checked, and how the file is scored: "policy", "critic", or None (no ground
+    truths, or --no-score). A file is scored whole, as policy rows or as critic rows, or not at all."""
     rows = load_rows(args.data)[:args.limit or None]
     validate_rows(rows, args.data, fields=("prompt",))
-    has_gt = all(get_field(r, "reward_model.ground_truth") is not None for r in rows)
-    critic = has_gt and all(get_field(r, "extra_info.total_steps") is not None for r in rows)
-    if not args.no_score:    # a file is scored whole, as policy rows or as critic rows, or not at all
-        check_one_kind(rows, args.data)
-    if critic and not args.no_score:
+    if args.no_score:
+        return rows, None
+    check_one_kind(rows, args.data)
+    if get_field(rows[0], "reward_model.ground_truth") is None:       # then no row has one
+        return rows, None
+    if all(get_field(r, "extra_info.total_steps") is not None for r in rows):
         check_critic_labels(rows, args.data)
-    elif has_gt and not args.no_score:
-        check_ground_truths(rows, args.data)
+        return rows, "critic"
+    check_ground_truths(rows, args.data)
+    return rows, "policy"
+
+
+def main():
+    args = parse_args()
+    rows, kind = read_rows(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.cuda_graphs and device != "cuda":
+        raise UserError("--cuda-graphs needs a CUDA GPU")
     load_config(args.model)           # config.json first: transformers' tokenizer loader reads it too
     tok = load_tokenizer(args.model, args.trust_remote_code)
     model = load_model(args.model, device, torch.bfloat16 if device == "cuda" else torch.float32).eval()  # inference only
     prompts = [tok.encode(prompt_text(r, tok), add_special_tokens=False) for r in rows]
     check_prompts(prompts, args.data, args.max_new_tokens, model.cfg.max_position_embeddings, model.cfg.vocab_size)
-    if args.genrm and args.genrm_url:
-        raise UserError("give one GenRM: --genrm DIR (loaded here) or --genrm-url URL (served)")
     judge = None  # loaded before sampling, so a bad --genrm folder or URL fails in seconds
-    if args.genrm and has_gt and not critic and not args.no_score:
+    if args.genrm and kind == "policy":
         try:
             judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
-    elif args.genrm_url and has_gt and not critic and not args.no_score:
+    elif args.genrm_url and kind == "policy":
         judge = ServedJudge(args.genrm_url, max_new_tokens=args.genrm_max_new_tokens)
-    if args.cuda_graphs and device != "cuda":
-        raise UserError("--cuda-graphs needs a CUDA GPU")
     sampler = Sampler(model, tok, cuda_graphs=args.cuda_graphs)
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, stop=tuple(args.stop), seed=args.seed)
@@ -159,8 +171,8 @@ def main():
 
     out_rows = [dict(rows[s.prompt_index], response=s.text, response_ids=s.token_ids, finish_reason=s.finish_reason)
                 for s in samples]
-    if has_gt and not args.no_score:
-        summary.update(score_critic(out_rows, args.n) if critic else score_policy(out_rows, args.n, judge))
+    if kind is not None:
+        summary.update(score_critic(out_rows, args.n) if kind == "critic" else score_policy(out_rows, args.n, judge))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for r in out_rows:
