@@ -101,10 +101,9 @@ def train(args, info: dist.DistInfo, reward_fn, rows, prompt_ids, generators=Non
     params = SamplingParams(n=args.group_size, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens)
     cfg = UpdateConfig(temperature=args.temperature, mini_batches=args.mini_batches, micro_tokens=args.micro_tokens,
-                       clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip,
-                       loss_agg=args.loss_agg, max_response=args.max_new_tokens, grad_clip=args.grad_clip,
-                       kl_coef=args.kl_coef, tis_cap=args.tis_cap,
-                       recompute_old=rollout.is_copy)     # the sampler's copy is not the trained weights
+                       clip_low=args.clip_low, clip_high=args.clip_high, dual_clip=args.dual_clip, loss_agg=args.loss_agg,
+                       max_response=args.max_new_tokens, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
+                       tis_cap=args.tis_cap, recompute_old=rollout.is_copy)   # the copy is not the trained weights
     collector = Collector(args, info, sampler, params, run.gen, rows, prompt_ids, reward_fn)
     bar = tqdm(range(run.step, args.steps), initial=run.step, total=args.steps, disable=not info.is_main)
     with GracefulStop() as stop:
