@@ -121,26 +121,31 @@ def save_checkpoint(
             stage()
         except Exception as e:
             error = e
-        if all_reduce_sum(torch.tensor([float(error is not None)], device=dist_info.device)).item() == 0:
-            continue
-        why = _why(error, ckpt_dir)                   # before the removal: it may look at the free space
-        if dist_info.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        barrier()                                     # removed before anyone looks for the last checkpoint
-        if why is None:
-            raise error
-        reason, full = why
-        kept = latest_checkpoint(run_dir, dist_info.world_size)
-        then = "free some space and" if full else "once the disk takes writes again,"
-        raise UserError(f"{final}: cannot save this checkpoint: {reason}; the partial checkpoint is removed and "
-                        + (f"the last complete one, {kept}, is kept: {then} run the same command to resume from it"
-                           if kept else f"there is no earlier one: {then} run the same command to start over"))
+        if all_reduce_sum(torch.tensor([float(error is not None)], device=dist_info.device)).item():
+            _failed_save(error, tmp, final, Path(run_dir), dist_info)
     if dist_info.is_main:
         for old in _step_dirs(ckpt_dir)[:-keep]:
             shutil.rmtree(old)
         for stale in ckpt_dir.glob(".tmp-*"):  # left by saves that crashed
             shutil.rmtree(stale)
     return final
+
+
+def _failed_save(error: Exception | None, tmp: Path, final: Path, run_dir: Path, dist_info: DistInfo):
+    """After a stage some rank failed (`error`: this rank's, None if it succeeded): remove the
+    partial folder and raise, a failed write as one UserError naming the checkpoint kept."""
+    why = _why(error, run_dir / "ckpt")           # before the removal: it may look at the free space
+    if dist_info.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()                                     # removed before anyone looks for the last checkpoint
+    if why is None:
+        raise error
+    reason, full = why
+    kept = latest_checkpoint(run_dir, dist_info.world_size)
+    then = "free some space and" if full else "once the disk takes writes again,"
+    raise UserError(f"{final}: cannot save this checkpoint: {reason}; the partial checkpoint is removed and "
+                    + (f"the last complete one, {kept}, is kept: {then} run the same command to resume from it"
+                       if kept else f"there is no earlier one: {then} run the same command to start over"))
 
 
 def _free_bytes(folder: Path) -> int:
