@@ -8,7 +8,9 @@ and prove them equal to transformers in tests/test_model.py.
 
 What it simplifies away: only the default RoPE (no YaRN / dynamic scaling), no sliding
 window, no MoE; those raise a clear error when a config asks for them. Parameter names
-match transformers' exactly, so a checkpoint's state dict loads with no renaming.
+match transformers', except that q/k/v and gate/up are each one fused Linear (qkv_proj,
+gate_up_proj: one matmul each per layer); load_model and save_model fuse and split them, so
+Hugging Face folders read and write with transformers' own names (fuse_hf, split_hf).
 
 Two forward paths, attention metadata kept out of the layers (see attention.py):
     forward(ids, pos, cu_seqlens, max_seqlen)          packed prefill / training
@@ -124,9 +126,9 @@ class Attention(nn.Module):
         super().__init__()
         H, Hkv, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qkv_bias = cfg.model_type == "qwen2" or cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, H * D, bias=qkv_bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=qkv_bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, Hkv * D, bias=qkv_bias)
+        # q_proj, k_proj and v_proj as one Linear, their rows stacked: one matmul, one kernel launch
+        # instead of three. HF folders keep the three apart (fuse_hf / split_hf below).
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (H + 2 * Hkv) * D, bias=qkv_bias)
         self.o_proj = nn.Linear(H * D, cfg.hidden_size, bias=cfg.model_type == "qwen3" and cfg.attention_bias)
         if cfg.model_type == "qwen3":  # QK-norm: RMSNorm over each head's dim, before RoPE
             self.q_norm = RMSNorm(D, cfg.rms_norm_eps)
@@ -134,25 +136,27 @@ class Attention(nn.Module):
         self.H, self.Hkv, self.D = H, Hkv, D
 
     def forward(self, x, cos, sin, attn):
-        N = x.shape[0]                                                        # x: (N, C), N tokens
-        q = self.q_proj(x).view(N, self.H, self.D)
-        k = self.k_proj(x).view(N, self.Hkv, self.D)
-        v = self.v_proj(x).view(N, self.Hkv, self.D)
+        N, H, Hkv = x.shape[0], self.H, self.Hkv                              # x: (N, C), N tokens
+        qkv = self.qkv_proj(x).view(N, H + 2 * Hkv, self.D)                   # q, k, v heads side by side
         if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.o_proj(attn(q, k, v).reshape(N, self.H * self.D))
+            q, k, v = qkv.split([H, Hkv, Hkv], dim=1)                          # views, no copies
+            q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
+        else:  # no QK-norm: rotate the q and k heads in one go (RoPE is the same per head)
+            qk, v = qkv.split([H + Hkv, Hkv], dim=1)
+            q, k = apply_rope(qk, cos, sin).split([H, Hkv], dim=1)
+        return self.o_proj(attn(q, k, v).reshape(N, H * self.D))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        # gate_proj and up_proj as one Linear (gate rows, then up rows): one matmul, one launch
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)                              # SwiGLU
 
 
 class Block(nn.Module):
@@ -219,8 +223,8 @@ class Qwen(nn.Module):
         each layer's (k, v), (T, Hkv, D), is appended to it (the sampler's prefill)."""
         def attn_for_layer(_):
             def attn(q, k, v):
-                if kv_out is not None:
-                    kv_out.append((k, v))
+                if kv_out is not None:  # copies: k and v are views into this layer's q/k/v buffers
+                    kv_out.append((k.contiguous(), v.contiguous()))
                 return varlen_attention(q, k, v, cu_seqlens, max_seqlen)
             return attn
         return self._run(ids, pos, attn_for_layer)
@@ -307,6 +311,47 @@ def _weight_files(folder: Path) -> list[Path]:
     raise UserError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
 
 
+def fused_parts(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
+    """Each fused Linear's Hugging Face parts, in the order of its rows: name -> [(HF name, rows)]."""
+    H, Hkv, D, I = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size
+    return {"qkv_proj": [("q_proj", H * D), ("k_proj", Hkv * D), ("v_proj", Hkv * D)],
+            "gate_up_proj": [("gate_proj", I), ("up_proj", I)]}
+
+
+def _module_and_param(key: str) -> tuple[str, str, str]:
+    """'model.layers.3.self_attn.q_proj.weight' -> ('model.layers.3.self_attn', 'q_proj', 'weight')."""
+    module, _, param = key.rpartition(".")
+    parent, _, name = module.rpartition(".")
+    return parent, name, param
+
+
+def fuse_hf(sd: dict, cfg: ModelConfig) -> dict:
+    """A state dict with transformers' names -> ours: each fused Linear's HF parts (weights, and
+    biases where there are) concatenated along the rows. Every part must be present."""
+    groups = {parts[0][0]: (fused, parts) for fused, parts in fused_parts(cfg).items()}   # q_proj -> qkv_proj
+    out = dict(sd)
+    for key in sd:
+        parent, name, param = _module_and_param(key)
+        if name in groups:
+            fused, parts = groups[name]
+            out[f"{parent}.{fused}.{param}"] = torch.cat([out.pop(f"{parent}.{hf}.{param}") for hf, _ in parts])
+    return out
+
+
+def split_hf(sd: dict, cfg: ModelConfig) -> dict:
+    """Ours -> transformers' names, the inverse of fuse_hf: each fused tensor split by rows (views)."""
+    parts_of = fused_parts(cfg)
+    out = {}
+    for key, t in sd.items():
+        parent, name, param = _module_and_param(key)
+        if name not in parts_of:
+            out[key] = t
+            continue
+        for (hf, _), part in zip(parts_of[name], t.split([rows for _, rows in parts_of[name]])):
+            out[f"{parent}.{hf}.{param}"] = part
+    return out
+
+
 INCOMPLETE = "INCOMPLETE"   # beside the weights of a run that was stopped early (fapo_mini/sft.py)
 
 
@@ -328,7 +373,7 @@ def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
         sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     with torch.device("meta"):
         model = Qwen(cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k: v.shape for k, v in split_hf(model.state_dict(), cfg).items()}   # the names in the file
     missing, unexpected = sorted(expected.keys() - sd.keys()), sorted(sd.keys() - expected.keys())
     if missing or unexpected:
         raise UserError(f"{folder}: the weights do not match config.json: "
@@ -337,7 +382,7 @@ def load_model(folder, device="cpu", dtype=torch.float32) -> Qwen:
     for k, shape in expected.items():
         if sd[k].shape != shape:
             raise UserError(f"{folder}: tensor {k} has shape {tuple(sd[k].shape)}, config.json implies {tuple(shape)}")
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
+    model.load_state_dict(fuse_hf({k: v.to(dtype) for k, v in sd.items()}, cfg), strict=True, assign=True)
     if cfg.tie_word_embeddings:  # assign=True replaced the shared tensor: tie again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.generation_config = read_generation_config(folder)
@@ -360,7 +405,7 @@ def save_model(model: Qwen, folder, tokenizer=None):
     generation_config.json (EOS list, default sampling settings) copied through when it had one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in split_hf(model.state_dict(), model.cfg).items()}
     if model.cfg.tie_word_embeddings:
         del sd["lm_head.weight"]
     save_file(sd, folder / "model.safetensors", metadata={"format": "pt"})

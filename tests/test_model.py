@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from conftest import EOS, VOCAB, make_byte_tokenizer, make_hf_model
@@ -53,8 +54,8 @@ def test_packed_logits_equal_transformers(ckpt_dir):
 def test_config_features_were_read(qwen2_dir, qwen3_dir):
     q2, q3 = load_model(qwen2_dir), load_model(qwen3_dir)
     attn2, attn3 = q2.model.layers[0].self_attn, q3.model.layers[0].self_attn
-    assert attn2.q_proj.bias is not None and attn2.o_proj.bias is None and not hasattr(attn2, "q_norm")
-    assert attn3.q_proj.bias is None and hasattr(attn3, "q_norm")
+    assert attn2.qkv_proj.bias is not None and attn2.o_proj.bias is None and not hasattr(attn2, "q_norm")
+    assert attn3.qkv_proj.bias is None and hasattr(attn3, "q_norm")
     assert q2.lm_head.weight is not q2.model.embed_tokens.weight
     assert q3.lm_head.weight is q3.model.embed_tokens.weight                  # tied after loading
     assert (q3.cfg.head_dim, q3.cfg.num_key_value_heads, q3.cfg.num_attention_heads) == (32, 2, 4)
@@ -123,6 +124,45 @@ def test_save_model_loads_in_transformers(tmp_path, request, kind):
     seqs = random_seqs([6, 4], seed=2)
     torch.testing.assert_close(hf_logits(hf_out, seqs), hf_logits(hf_ref, seqs), atol=0, rtol=0)
     assert load_tokenizer(tmp_path / "out").eos_token_id == EOS
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])                        # q/k/v bias, QK-norm
+def test_fused_projections_save_as_transformers_names(tmp_path, request, kind):
+    """Our qkv_proj / gate_up_proj are written as transformers' q/k/v and gate/up tensors, and
+    only those: the saved file holds exactly the source folder's names, and transformers reads
+    the weights of a model we changed (each row of the fused weights different) with our logits."""
+    src = request.getfixturevalue(f"{kind}_dir")
+    model = load_model(src)
+    assert not any(n.endswith(("q_proj.weight", "gate_proj.weight")) for n, _ in model.named_parameters())
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in model.model.layers:                                      # rows no longer the source's
+            for lin in (layer.self_attn.qkv_proj, layer.mlp.gate_up_proj):
+                lin.weight.add_(0.1 * torch.randn(lin.weight.shape, generator=g))
+                if lin.bias is not None:
+                    lin.bias.add_(0.1 * torch.randn(lin.bias.shape, generator=g))
+    save_model(model, tmp_path / "out")
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert saved.keys() == load_file(src / "model.safetensors").keys()         # the HF split names, only
+    assert not any("qkv_proj" in k or "gate_up_proj" in k for k in saved)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+    seqs = random_seqs([6, 4], seed=8)
+    ours = our_logits(model, seqs)
+    assert not torch.allclose(ours, our_logits(load_model(src), seqs), atol=1e-3)   # the change shows
+    torch.testing.assert_close(hf_logits(hf, seqs), ours, atol=1e-5, rtol=1e-5)
+    again = load_model(tmp_path / "out")                                       # and we read it back exactly
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_missing_part_of_a_fused_weight_is_named(tmp_path, qwen2_dir):
+    """A folder without one of q/k/v is reported in the file's own (transformers') names."""
+    shutil.copytree(qwen2_dir, tmp_path, dirs_exist_ok=True)
+    sd = load_file(tmp_path / "model.safetensors")
+    del sd["model.layers.1.self_attn.k_proj.bias"]
+    save_file(sd, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"missing 1 tensors \(model\.layers\.1\.self_attn\.k_proj\.bias\)$"):
+        load_model(tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])

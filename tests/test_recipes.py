@@ -154,7 +154,7 @@ def test_tiny_model_matches_transformers(tiny_dirs, like, eos, qkv_bias, qk_norm
     ours = load_model(folder)
     assert ours.cfg.tie_word_embeddings and ours.cfg.head_dim == head_dim and ours.cfg.eos_token_id == eos
     attn = ours.model.layers[0].self_attn
-    assert (attn.q_proj.bias is not None) == qkv_bias and hasattr(attn, "q_norm") == qk_norm
+    assert (attn.qkv_proj.bias is not None) == qkv_bias and hasattr(attn, "q_norm") == qk_norm
     ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     x = torch.tensor(ids)
     with torch.no_grad():
