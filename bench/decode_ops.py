@@ -7,15 +7,19 @@ count is the difference between a 6-layer and a 2-layer model, divided by 4.
 
     python bench/decode_ops.py            # CPU: the SDPA path; on a GPU: the bf16 kernel path
 """
+import sys
+from pathlib import Path
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `python bench/decode_ops.py` from anywhere
 from fapo_mini.model import ModelConfig, Qwen
 
 
 # ops that only make a view (no kernel on any device)
 VIEWS = {"aten::view", "aten::unsqueeze", "aten::squeeze", "aten::transpose", "aten::reshape", "aten::select",
-         "aten::chunk", "aten::split", "aten::slice", "aten::expand", "aten::permute", "aten::as_strided"}
+         "aten::chunk", "aten::split", "aten::split_with_sizes", "aten::slice", "aten::expand", "aten::permute", "aten::as_strided"}
 
 
 def top_level_ops(family: str, layers: int, device: str, dtype) -> tuple[int, int]:

@@ -138,12 +138,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, attn):
         N, H, Hkv = x.shape[0], self.H, self.Hkv                              # x: (N, C), N tokens
         qkv = self.qkv_proj(x).view(N, H + 2 * Hkv, self.D)                   # q, k, v heads side by side
-        if hasattr(self, "q_norm"):
-            q, k, v = qkv.split([H, Hkv, Hkv], dim=1)                          # views, no copies
-            q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
-        else:  # no QK-norm: rotate the q and k heads in one go (RoPE is the same per head)
-            qk, v = qkv.split([H + Hkv, Hkv], dim=1)
-            q, k = apply_rope(qk, cos, sin).split([H, Hkv], dim=1)
+        qk, v = qkv.split([H + Hkv, Hkv], dim=1)                               # views, no copies
+        if hasattr(self, "q_norm"):                                           # QK-norm, one weight each
+            q, k = qk.split([H, Hkv], dim=1)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=1)
+        q, k = apply_rope(qk, cos, sin).split([H, Hkv], dim=1)                # q and k rotated in one go
         return self.o_proj(attn(q, k, v).reshape(N, H * self.D))
 
 
