@@ -9,6 +9,10 @@ A checkpoint is one folder, `run_dir/ckpt/step_XXXXXXXX/`:
                   torch.distributed.checkpoint (DCP) so no rank ever holds all of it
     COMPLETE      written last: the list of every file above
 
+The model folder uses transformers' names (q_proj, k_proj, v_proj, gate_proj, up_proj); the
+optimizer state, in state.pt or sharded/, follows the live model's own fused parameters (qkv_proj,
+gate_up_proj), whose names rl.save lists in state.pt as `params` and rl.restore checks.
+
 It is written under `.tmp-step_XXXXXXXX/` and renamed into place only after
 every rank wrote its part and COMPLETE exists, so a crash mid-save never leaves
 a half checkpoint as the newest one; `latest_checkpoint` also re-checks the

@@ -184,6 +184,11 @@ def restore(args, info, run: Run, ckpt: Path, generators) -> None:
     """Optimizer, scheduler, RNG states and step from `ckpt`; the weights were loaded from it already."""
     state, rank_state = load_state(ckpt, info.rank)
     check_config(state["config"], run.config, ignore=RESUMABLE, paths=("model", "data", "genrm"))
+    # AdamW's moments follow our parameters (fused qkv_proj, gate_up_proj), not the model folder's HF names
+    if state.get("params") != [name for name, _ in run.model.named_parameters()]:
+        why = "saved before q/k/v and gate/up were fused" if "params" not in state else "saved for other parameters"
+        raise ValueError(f"{ckpt}: its optimizer state does not fit this model ({why}); its weights, "
+                         f"{ckpt / 'model'}, still load as a --model; pass --fresh to start over")
     if args.fsdp:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
         opt_state = load_sharded(ckpt, {"optimizer": get_optimizer_state_dict(run.model, run.opt)})["optimizer"]
@@ -351,6 +356,7 @@ def save(args, info, run: Run, step: int, generators, streams: dict | None = Non
         save_model(exported, folder, run.tok)
 
     state, sharded = {"scheduler": run.sched.state_dict(), "step": step, "config": run.config}, None
+    state["params"] = [name for name, _ in run.model.named_parameters()]   # the optimizer's layout (restore checks)
     if args.fsdp:                                                  # each rank writes its shard of AdamW (DCP)
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
         sharded = {"optimizer": get_optimizer_state_dict(run.model, run.opt)}

@@ -228,6 +228,20 @@ def test_an_unreadable_checkpoint_file_is_one_line_naming_it(world, run_a, tmp_p
     assert metrics(out) == metrics(run_a)                                   # nothing was rewritten
 
 
+def test_checkpoint_from_before_the_fused_projections_is_one_line(world, run_a, tmp_path):
+    """A checkpoint whose state.pt lists no parameter names (saved before qkv_proj / gate_up_proj:
+    its AdamW state is per q/k/v and gate/up tensor) is refused with a message, not torch's."""
+    out = copy_run(run_a, tmp_path)
+    ckpt = out / "ckpt" / "step_00000004"
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert any(n.endswith("qkv_proj.weight") for n in state.pop("params"))   # what checkpoints now record
+    torch.save(state, ckpt / "state.pt")
+    res = run(cmd(*world, out, "--steps", 5))
+    assert_clean_error(res, f"{ckpt}: its optimizer state does not fit this model (saved before q/k/v and gate/up "
+                       f"were fused); its weights, {ckpt / 'model'}, still load as a --model; pass --fresh")
+    assert metrics(out) == metrics(run_a)                                   # nothing was rewritten
+
+
 def _write(path, text):
     path.write_text(text)
     return path
