@@ -16,7 +16,7 @@ import pytest
 from fapo_mini import toyworld
 from test_rl import ROOT, metrics, mixed_policy_dir, policy_args, run_script, tok, toy_problems  # noqa: F401 (fixtures)
 
-EVAL = ["--eval-every", 1, "--eval-n", 4, "--eval-temperature", 1.0, "--eval-top-p", 0.7]
+EVAL = ["--eval-every", 1, "--eval-n", 16, "--eval-temperature", 1.0, "--eval-top-p", 0.7]
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_eval_lines_equal_rollout_py_on_the_checkpoint(tmp_path, mixed_policy_di
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
         ckpt = out / "ckpt" / f"step_{line['step']:08d}" / "model"
-        argv = ["--model", ckpt, "--data", data, "--n", 4, "--temperature", 1.0, "--top-p", 0.7, "--seed", 0,
+        argv = ["--model", ckpt, "--data", data, "--n", 16, "--temperature", 1.0, "--top-p", 0.7, "--seed", 0,
                 "--max-new-tokens", 24, "--out", tmp_path / f"eval_{line['step']}.jsonl"]
         res = subprocess.run([sys.executable, str(ROOT / "rollout.py"), *map(str, argv)],
                              capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
