@@ -74,6 +74,7 @@ def score_critic(rows, n):
     labels = [int(get_field(r, "reward_model.ground_truth")) for r in rows]
     out = {"valid": sum(r["verdict"] is not None for r in rows) / len(rows)}
     out.update({f"fp_{k}": v for k, v in genrm.flawed_positive_metrics([r["verdict"] for r in rows], labels).items()})
+    out.update(genrm.localisation([r["verdict"] for r in rows], labels))
     both = NO_ERROR in labels and any(y != NO_ERROR for y in labels)   # ProcessBench F1 needs both kinds
     if both:
         out.update({f"pb_{k}": v for k, v in genrm.processbench_f1([r["verdict"] for r in rows], labels).items()})

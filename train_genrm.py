@@ -29,18 +29,22 @@ def main():
     check_critic_labels(rows, args.data)                             # every row before step 1
 
     def reward_fn(rows, samples):
-        rewards, valid, exact, decided = [], 0, 0, 0
+        rewards, preds, labels = [], [], []
         for s in samples:
             row = rows[s.prompt_index]
             label, n_steps = int(row["reward_model"]["ground_truth"]), int(row["extra_info"]["total_steps"])
             pred = genrm.parse_verdict(s.text, n_steps)
             rewards.append(genrm.step_reward(pred, label, n_steps) if args.reward == "step"
                            else genrm.outcome_reward(pred, label))
-            valid += pred is not None
-            exact += pred == label
-            decided += pred is not None and (pred == genrm.NO_ERROR) == (label == genrm.NO_ERROR)
-        n = len(samples)
-        counts = {"valid": (valid, n), "exact": (exact, n), "decision_acc": (decided, n)}
+            preds.append(pred)
+            labels.append(label)
+        flawed = [(p, y) for p, y in zip(preds, labels) if y != genrm.NO_ERROR]
+        flags = [(p, y) for p, y in flawed if p is not None and p != genrm.NO_ERROR]
+        counts = {"valid": (sum(p is not None for p in preds), len(preds)),                 # counts summed over ranks
+                  "decision_acc": (sum(p is not None and (p == genrm.NO_ERROR) == (y == genrm.NO_ERROR)
+                                       for p, y in zip(preds, labels)), len(preds)),
+                  "exact_step_acc": (sum(p == y for p, y in flawed), len(flawed)),      # genrm.localisation's keys
+                  "late_flag_share": (sum(p > y for p, y in flags), len(flags))}
         return torch.tensor(rewards), counts
 
     rl.train(args, dist.setup(), reward_fn, rows, prompt_ids)

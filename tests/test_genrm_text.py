@@ -11,6 +11,7 @@ import pytest
 from fapo_mini.genrm import (
     critic_prompt,
     flawed_positive_metrics,
+    localisation,
     majority_vote,
     outcome_reward,
     parse_verdict,
@@ -159,6 +160,17 @@ def test_processbench_f1_hand():
     assert m["err_acc"] == 0.5 and m["correct_acc"] == 0.75
     assert m["f1"] == pytest.approx(0.6)  # 2 * 0.5 * 0.75 / 1.25
     assert processbench_f1([-1, 0], [-1, 1])["f1"] == 0.0  # both accuracies in, one is zero
+
+
+def test_localisation_hand():
+    preds = [2, -1, 4, -1, 0, None, 1, 3]
+    labels = [2, -1, 3, -1, -1, 1, 3, 3]
+    # flawed (label >= 0): idx 0 exact, 2 late, 5 invalid, 6 early, 7 exact -> exact 2/5;
+    # flags on flawed rows: idx 0, 2, 6, 7 -> late 1/4, early 1/4 (idx 4 is a clean row's flag)
+    m = localisation(preds, labels)
+    assert (m["exact_step_acc"], m["late_flag_share"], m["early_flag_share"]) == (0.4, 0.25, 0.25)
+    assert m["exact_step_acc"] == processbench_f1(preds, labels)["err_acc"]
+    assert localisation([-1], [-1]) == dict(exact_step_acc=0.0, late_flag_share=0.0, early_flag_share=0.0)
 
 
 def test_majority_vote():

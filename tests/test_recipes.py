@@ -215,7 +215,8 @@ def test_genrm_recipe_dry_run(tmp_path):
     lines = metrics(tmp_path)
     assert [m["step"] for m in lines] == [1, 2]
     for m in lines:
-        assert all(0.0 <= m[k] <= 1.0 for k in ("valid", "exact", "decision_acc"))
+        assert all(0.0 <= m[k] <= 1.0 for k in ("valid", "decision_acc"))
+        assert m["exact_step_acc"] is None or 0.0 <= m["exact_step_acc"] <= 1.0   # None: no flawed row sampled
         assert m["response_len_max"] <= 16
         assert -2.0 - 1e-9 <= m["reward"] <= 1.0           # step reward in [-1, 1] plus overlong in [-1, 0]
         assert m["logp_gap"] < 1e-4                        # sampler and trainer agree at temperature 1.2

@@ -270,7 +270,7 @@ def test_ddp_two_ranks_equal_one_process(model_dir, tok, tmp_path):
 POLICY_KEYS = {"step", "accuracy", "fp_ratio", "reward", "response_len", "response_len_max", "truncated",
                "zero_var_groups", "clip_frac", "kl_to_sampler", "entropy", "grad_norm", "logp_gap", "lr",
                "time_sample", "time_judge", "time_train"}
-GENRM_KEYS = POLICY_KEYS - {"accuracy", "fp_ratio"} | {"valid", "exact", "decision_acc"}
+GENRM_KEYS = POLICY_KEYS - {"accuracy", "fp_ratio"} | {"valid", "exact_step_acc", "decision_acc"}
 
 
 @pytest.fixture(scope="module")
@@ -375,17 +375,16 @@ def test_train_policy_torchrun_mixed_sources(tmp_path, mixed_policy_dir, toy_pro
 
 def test_train_genrm_torchrun(tmp_path, model_dir, toy_problems):
     rng = random.Random(0)
-    items = [(p.prompt, toyworld.teacher_solution(p.prompt, style, rng)) for p in toy_problems
-             for style in ("clean", "sloppy")]
+    items = [(p.prompt, toyworld.teacher_solution(p.prompt, "sloppy", rng)) for p in toy_problems]  # all flawed
     data = tmp_path / "critic.jsonl"
     toyworld.write_jsonl(data, toycritic.critic_rows(items))
     run_script("train_genrm.py", ["--model", model_dir, "--data", data, "--out", tmp_path / "run", "--steps", 1,
                                   "--prompts-per-step", 2, "--group-size", 2, "--max-new-tokens", 8], nproc=2)
     (line,) = metrics(tmp_path / "run")
     assert GENRM_KEYS <= line.keys()
-    for k in ("valid", "exact", "decision_acc"):
+    for k in ("valid", "exact_step_acc", "decision_acc"):
         assert 0 <= line[k] <= 1, k
     # 8 new tokens cannot hold "\boxed{k}" (9 bytes): every critique is invalid, and invalid scores -1 (docs/method.md §3)
-    assert line["valid"] == 0 and line["exact"] == 0 and line["reward"] == -1.0
+    assert line["valid"] == 0 and line["exact_step_acc"] == 0 and line["late_flag_share"] is None and line["reward"] == -1.0
     assert line["zero_var_groups"] == 1.0 and line["grad_norm"] == 0.0      # all -1: no advantage, no gradient
 

@@ -121,7 +121,7 @@ def test_deleting_the_toy_world_leaves_the_real_commands_working(tmp_path):
             tmp_path / "genrm_run", *small)
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads((tmp_path / "genrm_run" / "metrics.jsonl").read_text())
-    assert {"valid", "exact", "decision_acc", "reward"} <= set(line)
+    assert {"valid", "exact_step_acc", "decision_acc", "reward"} <= set(line)
 
     # rollout.py: policy rows scored by the boxed rule (with the GenRM loaded), critic rows by the benchmarks
     r = run(fork, "rollout.py", "--model", tmp_path / "qwen2", "--data", tmp_path / "dapo.jsonl", "--n", 2,
