@@ -122,7 +122,7 @@ def main():
         try:
             genrm = GenRMJudge(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
                                trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows,
-                               cache_tokens=args.genrm_cache_tokens)
+                               cache_tokens=args.genrm_cache_tokens, cuda_graphs=args.cuda_graphs)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     elif args.genrm_url:                          # asks the server for its model name: a wrong URL fails here

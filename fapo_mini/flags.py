@@ -24,7 +24,8 @@ def add_common_args(ap):
     g.add_argument("--rollout-max-rows", type=int, default=256,
                    help="sampler cache slots (rows decoded at once); the KV cache is slots x (longest prompt + max-new-tokens)")
     g.add_argument("--cuda-graphs", action="store_true",
-                   help="replay the sampler's decode step as CUDA graphs, one per batch bucket (GPU only)")
+                   help="replay the decode step of the sampler (and of train_policy.py's in-process GenRM) as "
+                        "CUDA graphs, one per batch bucket (GPU only)")
     g.add_argument("--filter-groups", action="store_true",
                    help="DAPO dynamic sampling: train only on groups whose rewards differ, sampling more prompts to fill the batch")
     g.add_argument("--filter-max-rounds", type=int, default=10,

@@ -49,16 +49,18 @@ class OracleJudge:
 class GenRMJudge:
     """A GenRM model folder, sampled with our Sampler: judge(rows, responses) -> Verdicts.
     A wave decodes at most `max_rows` critiques, and with `cache_tokens` at most as many as fit a
-    KV cache of that many positions (the longest critic prompt + max_new_tokens each)."""
+    KV cache of that many positions (the longest critic prompt + max_new_tokens each).
+    `cuda_graphs` replays its decode steps as CUDA graphs, as the policy's sampler does (GPU only)."""
 
     def __init__(self, model_dir, device, max_new_tokens=256, temperature=0.0, trust_remote_code=False,
-                 max_rows=256, cache_tokens=0):
+                 max_rows=256, cache_tokens=0, cuda_graphs=False):
         import torch
         from fapo_mini.model import load_model, load_tokenizer
         from fapo_mini.sampler import Sampler, SamplingParams
         self.tok = load_tokenizer(model_dir, trust_remote_code)
         dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32   # inference only
-        self.sampler = Sampler(load_model(model_dir, device, dtype).eval(), self.tok, max_rows=max_rows)
+        self.sampler = Sampler(load_model(model_dir, device, dtype).eval(), self.tok, max_rows=max_rows,
+                               cuda_graphs=cuda_graphs)
         self.params = SamplingParams(n=1, temperature=temperature, max_new_tokens=max_new_tokens)
         self.generator = torch.Generator(device=device).manual_seed(0)
         self.max_rows, self.cache_tokens = max_rows, cache_tokens

@@ -1,6 +1,8 @@
 """CUDA-only checks: the GPU kernels against their SDPA twins, CUDA graphs against eager
 decode, and the bf16 rollout's log-prob gap. Skipped without CUDA; `bench/gpu_check.sh`
 runs this file on a GPU machine."""
+import random
+
 import pytest
 import torch
 
@@ -60,6 +62,19 @@ def test_cuda_graphs_equal_eager(qwen3_dir, byte_tokenizer):
     assert [s.token_ids for s in graphed] == [s.token_ids for s in eager]
     for a, b in zip(graphed, eager):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-3, rtol=0)
+
+
+def test_genrm_judge_cuda_graphs_equal_eager(tmp_path, qwen3_dir):
+    """The in-process judge with --cuda-graphs gives the verdicts and cut counts of eager decode."""
+    from fapo_mini import toyworld
+    from fapo_mini.judge import GenRMJudge
+    problems = toyworld.generate(6, 0, "test")
+    rows = toyworld.policy_rows(problems, "test")
+    responses = [toyworld.teacher_solution(p.prompt, style, random.Random(i))
+                 for i, (p, style) in enumerate(zip(problems, ["clean", "sloppy", "jump"] * 2))]
+    eager = GenRMJudge(qwen3_dir, "cuda", max_new_tokens=24)(rows, responses)
+    graphed = GenRMJudge(qwen3_dir, "cuda", max_new_tokens=24, cuda_graphs=True)(rows, responses)
+    assert (graphed.flawed, graphed.invalid, graphed.cut) == (eager.flawed, eager.invalid, eager.cut)
 
 
 def test_bf16_rollout_logprob_gap(qwen3_dir, byte_tokenizer):
