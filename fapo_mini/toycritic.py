@@ -15,47 +15,83 @@ critic_test.jsonl (held out by prompt) and sft_genrm.jsonl (warm-start critiques
 import argparse
 import os
 import random
-import re
 
 from fapo_mini.errors import UserError, cli
 from fapo_mini.toyworld import check_toy_prompts, first_error, is_correct, parse_prompt, solution_lines, teacher_solution, write_jsonl
 
 
+def as_written(line: str) -> str:
+    """A solution line as the critic reads and copies it: its last `=` (before the result) as `|`,
+    so that neither the listing nor the copy reads as an equation to finish: `b=7+5=2` -> `b=7+5|2`,
+    `ans=6` -> `ans|6`."""
+    head, sep, result = line.rpartition("=")
+    return f"{head}|{result}" if sep else line
+
+
 def critic_prompt(prompt: str, solution: str) -> str:
-    """Problem line, the solution's lines numbered from 0, then a `check` marker line.
+    """Problem line, the solution's lines as written (`as_written`) numbered from 0, then a `check`
+    marker line.
 
     >>> print(critic_prompt("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"), end="")
     a=7;b=a+5;c=b*3;?c
-    0:b=7+5=2
-    1:c=2*3=5
-    2:ans=6
+    0:b=7+5|2
+    1:c=2*3|5
+    2:ans|6
     check
     """
-    listing = "".join(f"{i}:{line}\n" for i, line in enumerate(solution_lines(solution)))
+    listing = "".join(f"{i}:{as_written(line)}\n" for i, line in enumerate(solution_lines(solution)))
     return prompt.rstrip("\n") + "\n" + listing + "check\n"
 
 
-def teacher_critique(prompt: str, solution: str) -> str:
-    """The toy GenRM's target: per line, the written line's symbols, then the right line, then
-    ok / wrong; it stops at the first wrong line.
+def teacher_critique(prompt: str, solution: str, rng: random.Random | None = None,
+                     symptom_share: float = 0.0, alarm_share: float = 0.0) -> str:
+    """The toy GenRM's target: per line i, the solution's line i copied as written (`as_written`),
+    the right line i (re-solved from the prompt), then ok / wrong; it stops at the first line it
+    calls wrong.
 
-    Writing the right line carries the true values down the chain (a 4-layer model cannot
-    find the first error in one shot), and the copy puts the digits to compare a few tokens
-    apart. The copy drops `=` and the operator: when it was a verbatim equation, the warm
-    start (from the policy's weights) "corrected" the wrong digit while copying it and missed
-    most flaws (FP-F1 0.33; 0.38 with no copy at all).
+    The copy comes first and is the listing's line token for token, so copying it is a plain
+    look-up (when the right line came first, the critic copied its own digits instead of the
+    solution's and called wrong digits right). The right line carries the true values down the
+    chain (a 4-layer model cannot find the first error in one shot), and the `|` keeps the
+    equation prior from finishing the copy with the right digit. The two results to compare sit
+    8 tokens apart on every step line.
+
+    With `rng`, the teacher is the sloppy one the warm start learns from (docs/toyworld.md,
+    "The GenRM's world"), in two stated shares:
+    - symptom_share: on a wrong step line that has a next line, it says ok and flags the next
+      line, where the solution's chain visibly breaks (the symptom, not the cause);
+    - alarm_share: on a right step line with a `*`, it says wrong (a false alarm: a clean
+      solution flagged, or a flawed one flagged early).
+    Without `rng` it is exact: its box is `first_error`.
 
     >>> print(teacher_critique("a=7;b=a+5;c=b*3;?c\\n", "b=7+5=2\\nc=2*3=5\\nans=6"))
-    0:b752 b=7+5=2 ok
-    1:c235 c=2*3=6 wrong
+    0:b=7+5|2 b=7+5=2 ok
+    1:c=2*3|5 c=2*3=6 wrong
     \\boxed{1}
     """
-    allowed, err = parse_prompt(prompt).allowed_lines(), first_error(prompt, solution)
-    written = [re.sub(r"[^0-9a-z]", "", line) for line in solution_lines(solution)]
-    last = len(written) - 1 if err == -1 else err
-    lines = [f"{i}:{written[i] if i < len(written) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
-             f"{'wrong' if i == err else 'ok'}" for i in range(last + 1)]
-    return "\n".join(lines) + "\n\\boxed{" + str(err) + "}"
+    allowed, lines = parse_prompt(prompt).allowed_lines(), solution_lines(solution)
+    k, err = len(allowed) - 1, first_error(prompt, solution)
+    out, flag = [], -1
+    for i in range(max(len(lines), len(allowed))):
+        right = allowed[i] if i < len(allowed) else "end"
+        written = as_written(lines[i]) if i < len(lines) else "none"
+        wrong = i == err
+        if rng is not None:
+            if wrong and i < k and i + 1 < len(lines) and not lines[i].startswith("ans=") and rng.random() < symptom_share:
+                wrong = False                                      # misses the cause ...
+                out.append(f"{i}:{written} {right} ok")
+                i += 1                                             # ... and flags the next line
+                right = allowed[i] if i < len(allowed) else "end"
+                out.append(f"{i}:{as_written(lines[i])} {right} wrong")
+                flag = i
+                break
+            if not wrong and i < k and "*" in right and rng.random() < alarm_share:
+                wrong = True                                       # a false alarm on a right line
+        out.append(f"{i}:{written} {right} {'wrong' if wrong else 'ok'}")
+        if wrong:
+            flag = i
+            break
+    return "\n".join(out) + "\n\\boxed{" + str(flag) + "}"
 
 
 def critic_rows(items: list[tuple[str, str]]) -> list[dict]:
@@ -83,17 +119,26 @@ def balance_critic(items: list[tuple[str, str]], seed: int) -> list[tuple[str, s
 def build(args, rows):
     """The GenRM's data the way the paper made it: the warm-started policy's CORRECT rollouts
     (rollout.py output rows, read and checked by main), labelled by the oracle, balanced flawed /
-    clean, split by prompt."""
+    clean; then --skips pairs of teacher traces (one sloppy, one clean, on the same
+    prompt); split by prompt. Labels are always the oracle's; only the warm start's critiques
+    (sft_genrm.jsonl) come from the sloppy critic teacher."""
     items = list(dict.fromkeys((r["prompt"], r["response"]) for r in rows
                                if is_correct(r["response"], r["reward_model"]["ground_truth"])))
+    rng = random.Random(args.seed)
     if args.teacher_fill:  # tiny runs (demo --quick): too few policy samples of one class; say so
-        rng, flawed = random.Random(args.seed), sum(first_error(p, s) != -1 for p, s in items)
+        flawed = sum(first_error(p, s) != -1 for p, s in items)
         for style, have in (("clean", len(items) - flawed), ("sloppy", flawed)):
             prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 2})
             extra = [(p, teacher_solution(p, style, rng)) for p in rng.choices(prompts, k=max(0, args.teacher_fill - have))]
             items += extra
             print(f"critic: added {len(extra)} {style} teacher traces (--teacher-fill)")
     items = balance_critic(items, args.seed)
+    # skipped steps: a middle step left out, the rest right (the policy seldom writes one, so the
+    # teacher's `skip` style writes them), each with a clean twin: flaws the critic must place
+    prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 3})
+    for p in rng.sample(prompts, min(args.skips, len(prompts))):
+        items += [(p, teacher_solution(p, "skip", rng)), (p, teacher_solution(p, "clean", rng))]
+    items = list(dict.fromkeys(items))
     if not items:
         raise UserError(f"{args.rollouts}: no flawed or no clean correct rollouts to balance")
     prompts = sorted({p for p, _ in items})
@@ -102,9 +147,13 @@ def build(args, rows):
     train_items = [it for it in items if it[0] not in test]
     write_jsonl(os.path.join(args.out, "critic_train.jsonl"), critic_rows(train_items))
     write_jsonl(os.path.join(args.out, "critic_test.jsonl"), critic_rows([it for it in items if it[0] in test]))
+    teacher = random.Random(args.seed + 1)
     write_jsonl(os.path.join(args.out, "sft_genrm.jsonl"),
-                [{"prompt": critic_prompt(p, s), "completion": teacher_critique(p, s)} for p, s in train_items])
-    print(f"critic: {len(items)} balanced correct rollouts, {len(train_items)} train / {len(items) - len(train_items)} test")
+                [{"prompt": critic_prompt(p, s),
+                  "completion": teacher_critique(p, s, teacher, args.symptom_share, args.alarm_share)}
+                 for p, s in train_items])
+    print(f"critic: {len(items)} correct solutions ({2 * args.skips} of them skip / clean teacher pairs), "
+          f"{len(train_items)} train / {len(items) - len(train_items)} test")
 
 
 def main():
@@ -114,12 +163,23 @@ def main():
     ap.add_argument("--test-share", type=float, default=0.2, help="share of prompts held out for GenRM eval")
     ap.add_argument("--teacher-fill", type=int, default=0,
                     help="top each class up to N with teacher traces (only for tiny smoke runs)")
+    ap.add_argument("--skips", type=int, default=0,
+                    help="add N teacher traces with a middle step left out (the rest right), each with a clean twin")
+    ap.add_argument("--symptom-share", type=float, default=0.0,
+                    help="warm-start critiques: share of wrong step lines passed, the next line flagged")
+    ap.add_argument("--alarm-share", type=float, default=0.0,
+                    help="warm-start critiques: share of right `*` step lines flagged wrong")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     from fapo_mini.data import load_rows, validate_rows
     from fapo_mini.preflight import check_output
     if not 0 <= args.test_share < 1:
         raise UserError("--test-share must be in [0, 1)")
+    for flag in ("symptom_share", "alarm_share"):
+        if not 0 <= getattr(args, flag) <= 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    if args.skips < 0:
+        raise UserError(f"--skips must be >= 0, got {args.skips}")
     check_output(args.out, folder=True)
     rows = load_rows(args.rollouts)                  # file:line for a malformed line
     validate_rows(rows, args.rollouts, fields=("prompt", "response", "reward_model.ground_truth"))

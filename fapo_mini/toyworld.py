@@ -41,7 +41,7 @@ CUE = "#"            # the surface cue a prompt may start with
 CUE_SHARE = 0.3      # train / test / hard: share of cue problems; shift: all cue, rule broken
 RULE_SHARE = 0.9     # train / test / hard: share of cue problems whose chain returns to a (the rule holds)
 SHORTCUT_SHARE = 0.5  # the teacher's share of shortcut traces on cue problems
-STYLES = ("clean", "shortcut", "jump", "sloppy")
+STYLES = ("clean", "shortcut", "jump", "sloppy", "skip")
 # the teacher's style on every problem it does not shortcut; jump and sloppy are flaws outcome
 # reward mostly sees (the policy computes from what it writes, so they cost it the answer)
 DEFAULT_MIX = {"clean": 0.8, "jump": 0.1, "sloppy": 0.1}
@@ -261,6 +261,9 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
               then ans; right, but not supported by the written steps.  first_error k - j
     sloppy:   step i (rng, 0 <= i <= k - 2) has a wrong result digit; later steps carry
               on from the TRUE value and the answer is right.            first_error i
+    skip:     step i (rng, 0 <= i <= k - 2) is left out; the next step uses its TRUE
+              value, as if worked out unwritten, and the answer is right. first_error i
+              (the policy's teacher never writes it: the GenRM's data does, toycritic.py)
     """
     p = parse_prompt(prompt)
     ref, k = p.reference_lines(), p.steps
@@ -281,6 +284,11 @@ def teacher_solution(prompt: str, style: str, rng: random.Random, jump: int | No
         lines = list(ref)
         lines[i] = lines[i][:-1] + str(wrong)  # the result is the last character
         return "\n".join(lines)
+    if style == "skip":
+        if k < 2:
+            raise ValueError("the skip style needs at least 2 steps (one to leave out before the last)")
+        i = rng.randrange(k - 1)
+        return "\n".join(ref[:i] + ref[i + 1:])
     raise ValueError(f"style must be one of {STYLES}, got {style!r}")
 
 

@@ -170,6 +170,12 @@ def test_teacher_styles_by_the_oracle():
         assert tw.first_error(p.prompt, sloppy) == wrong[0] and tw.is_correct(sloppy, vals[-1])
         assert all(int(lines[i][2]) == vals[i] for i in range(k))  # left operands are the true values
 
+        skip = tw.teacher_solution(p.prompt, "skip", rng).split("\n")
+        left = [i for i in range(k) if f"{chr(ord('b') + i)}=" not in [l[:2] for l in skip]]  # steps not written
+        assert len(left) == 1 and left[0] <= k - 2 and len(skip) == k  # one middle step left out, ans kept
+        assert tw.first_error(p.prompt, "\n".join(skip)) == left[0] and tw.is_correct("\n".join(skip), vals[-1])
+        assert all(int(l[2]) == vals[ord(l[0]) - ord("b")] for l in skip[:-1])  # true operands, the left-out one's too
+
         short = tw.teacher_solution(p.prompt, "shortcut", rng)
         assert short == f"ans={vals[0]}" and tw.first_error(p.prompt, short) == 0  # a's value, no step
         assert tw.is_correct(short, vals[-1]) == (vals[-1] == vals[0]) and tw.flaw_kind(p.prompt, short) == "shortcut"
@@ -190,6 +196,8 @@ def test_teacher_errors():
         tw.teacher_solution(P, "jump", rng, jump=3)
     with pytest.raises(ValueError):
         tw.teacher_solution("a=1;b=a+1;?b\n", "sloppy", rng)
+    with pytest.raises(ValueError):
+        tw.teacher_solution("a=1;b=a+1;?b\n", "skip", rng)
     for bad in [{}, {"clean": 1, "lazy": 1}, {"clean": -1, "jump": 2}, {"clean": 0}]:
         with pytest.raises(ValueError):
             tw.sft_mixture([P], bad, rng)
@@ -312,7 +320,8 @@ def test_splits_disjoint():
 # the toy GenRM format
 
 def test_critic_prompt_exact():
-    assert tc.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6\n") == "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:c=2*3=5\n2:ans=6\ncheck\n"
+    assert tc.critic_prompt(P, "b=7+5=2\nc=2*3=5\nans=6\n") == "a=7;b=a+5;c=b*3;?c\n0:b=7+5|2\n1:c=2*3|5\n2:ans|6\ncheck\n"
+    assert tc.as_written("g=1+;8=6") == "g=1+;8|6" and tc.as_written("garbage") == "garbage"
 
 
 def test_teacher_critique_boxed_equals_first_error():
@@ -332,11 +341,27 @@ def test_teacher_critique_boxed_equals_first_error():
         else:
             assert verdicts == ["ok"] * err + ["wrong"]
     assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6") == (
-        "0:b752 b=7+5=2 ok\n1:c236 c=2*3=6 ok\n2:ans6 ans=6 ok\n\\boxed{-1}")
-    assert tc.teacher_critique(P, "b=7+5=2\nans=6") == "0:b752 b=7+5=2 ok\n1:ans6 c=2*3=6 wrong\n\\boxed{1}"
+        "0:b=7+5|2 b=7+5=2 ok\n1:c=2*3|6 c=2*3=6 ok\n2:ans|6 ans=6 ok\n\\boxed{-1}")
+    assert tc.teacher_critique(P, "b=7+5=2\nans=6") == "0:b=7+5|2 b=7+5=2 ok\n1:ans|6 c=2*3=6 wrong\n\\boxed{1}"
     assert tc.teacher_critique(P, "b=7+5=2\nc=2*3=6\nans=6\nc=2*3=6").endswith(
-        "2:ans6 ans=6 ok\n3:c236 end wrong\n\\boxed{3}")
-    assert tc.teacher_critique("#a=4;b=a+5;c=b+5;?c\n", "ans=4") == "0:ans4 b=4+5=9 wrong\n\\boxed{0}"
+        "2:ans|6 ans=6 ok\n3:c=2*3|6 end wrong\n\\boxed{3}")
+    assert tc.teacher_critique("#a=4;b=a+5;c=b+5;?c\n", "ans=4") == "0:ans|4 b=4+5=9 wrong\n\\boxed{0}"
+
+
+def test_sloppy_critic_teacher():
+    """The warm start's planted faults, by hand: the symptom (the line after a wrong step) and the
+    false alarm (a right `*` line); shares 0 give the exact teacher, shortcuts and jumps are never moved."""
+    Q = "a=7;b=a+5;c=b*3;d=c+1;?d\n"                     # right: b=7+5=2, c=2*3=6, d=6+1=7, ans=7
+    silent = "b=7+5=4\nc=2*3=6\nd=6+1=7\nans=7"          # line 0 wrong, line 1 carries on from the true 2
+    rng = random.Random(0)
+    assert tc.teacher_critique(Q, silent, rng, 0.0, 0.0) == tc.teacher_critique(Q, silent)
+    assert tc.teacher_critique(Q, silent, rng, 1.0, 0.0) == "0:b=7+5|4 b=7+5=2 ok\n1:c=2*3|6 c=2*3=6 wrong\n\\boxed{1}"
+    clean = "b=7+5=2\nc=2*3=6\nd=6+1=7\nans=7"
+    assert tc.teacher_critique(Q, clean, rng, 0.0, 1.0) == "0:b=7+5|2 b=7+5=2 ok\n1:c=2*3|6 c=2*3=6 wrong\n\\boxed{1}"
+    jump = "b=7+5=2\nans=7"                               # an ans line is never passed
+    assert tc.teacher_critique(Q, jump, rng, 1.0, 0.0) == "0:b=7+5|2 b=7+5=2 ok\n1:ans|7 c=2*3=6 wrong\n\\boxed{1}"
+    late = [tc.teacher_critique(Q, silent, random.Random(i), 0.3, 0.0).endswith("{1}") for i in range(2000)]
+    assert abs(sum(late) / 2000 - 0.3) < 0.03            # the stated share, per line drawn
 
 
 def test_rows():
@@ -348,7 +373,7 @@ def test_rows():
                        "extra_info": {"split": "test", "index": 2, "steps": probs[2].steps, "cue": probs[2].cue}}
     sol = "b=7+5=2\nans=6"
     assert tc.critic_rows([(P, sol)]) == [{
-        "data_source": "toyworld_critic", "prompt": "a=7;b=a+5;c=b*3;?c\n0:b=7+5=2\n1:ans=6\ncheck\n",
+        "data_source": "toyworld_critic", "prompt": "a=7;b=a+5;c=b*3;?c\n0:b=7+5|2\n1:ans|6\ncheck\n",
         "ability": "toy_critic", "reward_model": {"style": "rule", "ground_truth": 1},
         "extra_info": {"total_steps": 2, "policy_prompt": P, "solution": sol}}]
     with pytest.raises(ValueError):  # label 2 would be out of range for 2 lines
