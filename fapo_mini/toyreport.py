@@ -13,7 +13,9 @@ Layout it reads (written by demo.sh):
     OUT/eval/<arm>_s<seed>_<split>.json     toyeval summary of a final policy on test / hard / shift
     OUT/eval/warm_start_<split>.json        the same for the policy warm start
     OUT/eval_top_p/...                      the same at the paper's evaluation setting (top-p 0.7), test and shift (--full)
-    OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test
+    OUT/eval/genrm_<name>.json              rollout.py summary of a GenRM on critic_test: genrm_sft (the warm
+                                            start) and genrm_rl_<step|outcome>_s<seed> (its RL runs)
+    OUT/genrm_rl/<step|outcome>_s<seed>/metrics.jsonl   per-step metrics of the GenRM's RL runs
     OUT/times.tsv                           stage <tab> wall seconds, one stage after another
     OUT/jobs.tsv                            job <tab> seconds, for the jobs the last stage ran side by side
 """
@@ -29,12 +31,15 @@ from fapo_mini.errors import UserError, cli
 
 ARMS = ("grpo", "fapo", "fapo_oracle", "strict")
 LABELS = {"grpo": "GRPO (lam 0)", "fapo": "FAPO (GenRM, lam 1)", "fapo_oracle": "FAPO (oracle, lam 1)",
-          "strict": "strict (oracle, lam 2)"}
-COLORS = {"grpo": "C0", "fapo": "C1", "fapo_oracle": "C2", "strict": "C3"}  # one colour per arm in every panel
+          "strict": "strict (oracle, lam 2)", "genrm_step": "GenRM, step-wise reward", "genrm_outcome": "GenRM, outcome-only reward"}
+COLORS = {"grpo": "C0", "fapo": "C1", "fapo_oracle": "C2", "strict": "C3", "genrm_step": "C4", "genrm_outcome": "C5"}  # one colour per arm in every panel
 SPLITS = ("test", "hard", "shift")
 KEYS = ("accuracy", "fp_ratio", "cue_shortcut", "plain_accuracy")
 EARLY_STEPS = 10  # the early phase: mean training accuracy over RL steps 1..EARLY_STEPS (docs/method.md §5)
 EARLY_ARMS = ("fapo_oracle", "strict")  # lam 1 against lam 2 from the weak warm start, same judge
+GENRM_KEYS = ("fp_precision", "fp_recall", "fp_f1", "pb_f1", "pb_correct_acc", "exact_step_acc", "late_flag_share",
+              "early_flag_share", "valid")                  # rollout.py's critic summary (docs/method.md §7)
+GENRM_REWARDS = ("step", "outcome")                         # train_genrm.py --reward
 
 
 def mean(xs):
@@ -136,7 +141,9 @@ def read_evals(folder: Path) -> tuple[dict, dict, dict]:
         m = re.fullmatch(r"(.+)_s(\d+)_(" + "|".join(SPLITS) + ")", f.stem)
         w = re.fullmatch(r"warm_start_(" + "|".join(SPLITS) + ")", f.stem)
         if f.stem.startswith("genrm_"):
-            genrm[f.stem.removeprefix("genrm_")] = summary
+            g = re.fullmatch(r"(.+)_s(\d+)", name := f.stem.removeprefix("genrm_"))
+            name, seed = (g.group(1), g.group(2)) if g else (name, "0")      # the warm start: one SFT, seed 0
+            genrm.setdefault(name, {"per_seed": {}})["per_seed"][seed] = {k: summary.get(k) for k in GENRM_KEYS}
         elif w:
             warm[w.group(1)] = {k: summary.get(k) for k in (*KEYS, "cue_accuracy", "kinds")}
         elif m:
@@ -162,8 +169,28 @@ def read_evals(folder: Path) -> tuple[dict, dict, dict]:
     return arms, warm, genrm
 
 
+def genrm_block(genrm: dict, out: Path) -> dict:
+    """Adds to each GenRM (sft, rl_step, rl_outcome) the RL runs' sampling entropy and share of
+    equal-reward groups (means over their steps, per seed), then every key's mean over seeds."""
+    for reward in GENRM_REWARDS:
+        for seed, lines in seed_runs(out / "genrm_rl", reward).items():
+            g = genrm.get(f"rl_{reward}", {}).get("per_seed", {}).get(str(seed))
+            if g is not None:
+                g["entropy"] = mean([m.get("entropy") for m in lines])
+                g["equal_reward_groups"] = mean([m.get("zero_var_groups") for m in lines])
+    for g in genrm.values():
+        for k in (*GENRM_KEYS, "entropy", "equal_reward_groups"):
+            vals = [v.get(k) for v in g["per_seed"].values()]
+            if any(v is not None for v in vals):
+                g[k], g["spread_" + k] = mean(vals), spread(vals)
+        g["seeds"] = sorted(g["per_seed"], key=int)
+    order = ["sft", *(f"rl_{r}" for r in GENRM_REWARDS)]              # the warm start first
+    return dict(sorted(genrm.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def collect(out: Path) -> dict:
     arms, warm, genrm = read_evals(out / "eval")
+    genrm = genrm_block(genrm, out)
     res = {"arms": arms, "warm_start": warm, "genrm": genrm, "machine": machine()}
     for arm, a in arms.items():
         early = [mean([r.get("accuracy") for r in read_metrics(out / "rl" / f"{arm}_s{s}")[:EARLY_STEPS]]) for s in a["seeds"]]
@@ -193,29 +220,43 @@ def plot_runs(ax, runs: list[list[dict]], key: str, arm: str):
 
 
 def curves(out: Path, path: Path):
-    """Training-prompt accuracy and the oracle's flawed-positive ratio against RL step; mean over
-    seeds, shaded min..max. With early-phase runs, a third panel: their training accuracy."""
+    """Policy RL: training-prompt accuracy and the oracle's flawed-positive ratio against RL step, and
+    with early-phase runs their training accuracy; GenRM RL (a second row): decision accuracy and
+    exact-step accuracy of its sampled critiques, per reward. Means over seeds, shaded min..max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     early = {arm: list(seed_runs(out / "early", arm).values()) for arm in EARLY_ARMS}
     early = {arm: runs for arm, runs in early.items() if runs}
-    fig, axes = plt.subplots(1, 3 if early else 2, figsize=(16 if early else 11, 4))
+    critic = {reward: list(seed_runs(out / "genrm_rl", reward).values()) for reward in GENRM_REWARDS}
+    critic = {reward: runs for reward, runs in critic.items() if runs}
+    cols = 3 if early else 2
+    fig, axes = plt.subplots(2 if critic else 1, cols, figsize=(5.5 * cols, 8 if critic else 4), squeeze=False)
     for arm in ARMS:
         runs = list(seed_runs(out / "rl", arm).values())
-        for ax, key in zip(axes, ("accuracy", "fp_ratio")) if runs else ():
+        for ax, key in zip(axes[0], ("accuracy", "fp_ratio")) if runs else ():
             plot_runs(ax, runs, key, arm)
-    titles = ["accuracy on training prompts", "flawed-positive ratio (oracle)"]
+    titles = ["policy: accuracy on training prompts", "policy: flawed-positive ratio (oracle)"]
     for arm, runs in early.items():
-        plot_runs(axes[2], runs, "accuracy", arm)
+        plot_runs(axes[0][2], runs, "accuracy", arm)
     if early:
         titles.append("early phase: accuracy on training prompts, weak warm start")
-        axes[2].legend(fontsize=8)
-    for ax, title in zip(axes, titles):
-        ax.set_xlabel("RL step")
+        axes[0][2].legend(fontsize=8)
+    for reward, runs in critic.items():
+        for ax, key in zip(axes[1], ("decision_acc", "exact_step_acc")):
+            plot_runs(ax, runs, key, f"genrm_{reward}")
+    for ax, title in zip(axes[0], titles):
         ax.set_title(title, fontsize=10)
+    if critic:
+        axes[1][0].set_title("GenRM RL: decision accuracy of its samples (flawed or clean right)", fontsize=10)
+        axes[1][1].set_title("GenRM RL: exact first-error step, its samples on flawed rows", fontsize=10)
+        axes[1][0].legend(fontsize=8)
+        for ax in axes[1][2:]:
+            ax.axis("off")
+    for ax in axes.flat:
+        ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -271,10 +312,18 @@ def table(res: dict) -> str:
             rows += ["", f"lam 1 minus strict, train accuracy over steps 1-{EARLY_STEPS}, per seed: "
                      + ", ".join(f"{d:+.3f}" for d in ep["per_seed_lam1_minus_strict"])]
     if res["genrm"]:
-        rows += ["", "| GenRM | FP precision | FP recall | FP F1 | ProcessBench F1 | valid |", "|---|---|---|---|---|---|"]
-        for name, s in res["genrm"].items():
-            rows.append(f"| {name} | {f(s.get('fp_precision'))} | {f(s.get('fp_recall'))} | {f(s.get('fp_f1'))} | "
-                        f"{f(s.get('pb_f1'))} | {f(s.get('valid'))} |")
+        cols = (("fp_precision", "FP precision"), ("fp_recall", "FP recall"), ("fp_f1", "FP F1"), ("pb_f1", "ProcessBench F1"),
+                ("exact_step_acc", "exact step (flawed)"), ("late_flag_share", "late flags"), ("valid", "valid"),
+                ("entropy", "entropy (RL)"), ("equal_reward_groups", "equal-reward groups (RL)"))
+        rows += ["", "| GenRM on critic_test (greedy) | seeds | " + " | ".join(c for _, c in cols) + " |",
+                 "|---" * (len(cols) + 2) + "|"]
+        for name, g in res["genrm"].items():
+            rows.append(f"| {name} | {len(g['seeds'])} | " + " | ".join(ms(g, k) if len(g["seeds"]) > 1 else f(g.get(k))
+                                                                   for k, _ in cols) + " |")
+        rows += ["", "| GenRM | seed | " + " | ".join(c for _, c in cols[:7]) + " |", "|---" * 9 + "|"]
+        for name, g in res["genrm"].items():
+            for seed, v in g["per_seed"].items():
+                rows.append(f"| {name} | {seed} | " + " | ".join(f(v.get(k)) for k, _ in cols[:7]) + " |")
     if res.get("total_seconds"):
         rows += ["", "wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in res["stage_seconds"].items())
                  + f"; total {res['total_seconds'] / 60:.1f} min"]

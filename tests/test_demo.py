@@ -1,7 +1,7 @@
 """./demo.sh --quick: the whole toy-world chain end to end at toy sizes (about two minutes).
 
-It proves the chain works (data -> warm starts and GenRM RL under torchrun -> four policy
-arms side by side -> held-out evaluation -> report), not that FAPO wins: that needs the default
+It proves the chain works (data -> warm starts under torchrun -> GenRM RL with both rewards
+and four policy arms side by side -> held-out evaluation -> report), not that FAPO wins: that needs the default
 run's budget and is reported in docs/results.md. Numbers are checked against the files
 they were computed from (the evaluation rows, the metrics lines), so the report cannot
 drift from the runs.
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fapo_mini import toyworld
+from fapo_mini import genrm, toyworld
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS, SPLITS, N_EVAL = ("grpo", "fapo", "fapo_oracle", "strict"), ("test", "hard", "shift"), 40
@@ -78,16 +78,36 @@ def test_demo_quick(tmp_path):
         assert math.isclose(s1["early_accuracy"], sum(m["accuracy"] for m in lines) / 3)
     diff = ep["arms"]["fapo_oracle"]["per_seed"]["1"]["early_accuracy"] - ep["arms"]["strict"]["per_seed"]["1"]["early_accuracy"]
     assert ep["paired_seeds"] == [1] and math.isclose(ep["per_seed_lam1_minus_strict"][0], diff, abs_tol=1e-12)
-    for name in ("sft", "rl_step", "rl_outcome"):
-        g = res["genrm"][name]
-        assert 0.0 <= g["valid"] <= 1.0 and math.isfinite(g["fp_f1"])
+    for name, seed in (("sft", "0"), ("rl_step", "1"), ("rl_outcome", "1")):  # the GenRM block, from its eval rows
+        g, file = res["genrm"][name], f"genrm_{name}" + ("" if name == "sft" else f"_s{seed}")
+        rows = [json.loads(l) for l in (out / "eval" / f"{file}.jsonl").read_text().splitlines()]
+        labels = [int(r["reward_model"]["ground_truth"]) for r in rows]
+        preds = [genrm.parse_verdict(r["response"], int(r["extra_info"]["total_steps"])) for r in rows]
+        flawed = [(p, y) for p, y in zip(preds, labels) if y != -1]
+        flags = [(p, y) for p, y in flawed if p is not None and p != -1]
+        v = g["per_seed"][seed]
+        assert g["seeds"] == [seed] and v["valid"] == sum(p is not None for p in preds) / len(rows) == g["valid"]
+        assert v["exact_step_acc"] == sum(p == y for p, y in flawed) / len(flawed)
+        assert v["late_flag_share"] == (sum(p > y for p, y in flags) / len(flags) if flags else 0.0)
+        tp = sum(p != -1 for p, _ in flawed)
+        fp = sum(p != -1 for p, y in zip(preds, labels) if y == -1)
+        assert v["fp_precision"] == (tp / (tp + fp) if tp + fp else 0.0) and v["fp_recall"] == tp / len(flawed)
+        if name != "sft":                                  # means over its RL steps
+            lines = [json.loads(l) for l in (out / "genrm_rl" / f"{name[3:]}_s1" / "metrics.jsonl").read_text().splitlines()]
+            assert [m["step"] for m in lines] == [1, 2]
+            assert math.isclose(v["entropy"], sum(m["entropy"] for m in lines) / 2)
+            assert math.isclose(v["equal_reward_groups"], sum(m["zero_var_groups"] for m in lines) / 2)
+    fapo_cfg = json.loads((out / "rl" / "fapo_s1" / "config.json").read_text())  # judged by the step-RL GenRM of its seed
+    assert fapo_cfg["genrm"] == str(out / "genrm_rl" / "step_s1" / "ckpt" / "step_00000002" / "model")
     stages, jobs = res["stage_seconds"], res["job_seconds"]   # wall time, one after another; jobs side by side
-    assert {"data", "policy_sft", "genrm_data", "genrm_sft", "genrm_rl", "weak_sft", "rl_and_eval"} == set(stages)
+    assert {"data", "policy_sft", "genrm_data", "genrm_sft", "weak_sft", "rl_and_eval"} == set(stages)
     assert abs(res["total_seconds"] - sum(stages.values())) < 1e-6
     early_jobs = ["early_fapo_oracle", "early_strict"]
-    assert {"eval", "eval_top_p", "genrm_eval", *early_jobs} | {f"rl_{a}" for a in ARMS} == set(jobs)
+    genrm_jobs = ["genrm_rl_step", "genrm_rl_outcome"]
+    assert {"eval", "eval_top_p", "genrm_eval", *early_jobs, *genrm_jobs} | {f"rl_{a}" for a in ARMS} == set(jobs)
     logged = [l.split("\t") for l in (out / "jobs.tsv").read_text().splitlines()]
-    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["eval_top_p"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS] + early_jobs)
+    assert sorted(n for n, _ in logged) == sorted(["eval"] * 5 + ["eval_top_p"] * 5 + ["genrm_eval"] * 3 + [f"rl_{a}" for a in ARMS]
+                                                  + early_jobs + genrm_jobs)
     assert res["machine"]["cpus"] == os.cpu_count()
 
 
