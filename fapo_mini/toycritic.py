@@ -70,28 +70,27 @@ def teacher_critique(prompt: str, solution: str, rng: random.Random | None = Non
     \\boxed{1}
     """
     allowed, lines = parse_prompt(prompt).allowed_lines(), solution_lines(solution)
-    k, err = len(allowed) - 1, first_error(prompt, solution)
-    out, flag = [], -1
-    for i in range(max(len(lines), len(allowed))):
-        right = allowed[i] if i < len(allowed) else "end"
-        written = as_written(lines[i]) if i < len(lines) else "none"
-        wrong = i == err
-        if rng is not None:
-            if wrong and i < k and i + 1 < len(lines) and not lines[i].startswith("ans=") and rng.random() < symptom_share:
-                wrong = False                                      # misses the cause ...
-                out.append(f"{i}:{written} {right} ok")
-                i += 1                                             # ... and flags the next line
-                right = allowed[i] if i < len(allowed) else "end"
-                out.append(f"{i}:{as_written(lines[i])} {right} wrong")
-                flag = i
-                break
-            if not wrong and i < k and "*" in right and rng.random() < alarm_share:
-                wrong = True                                       # a false alarm on a right line
-        out.append(f"{i}:{written} {right} {'wrong' if wrong else 'ok'}")
-        if wrong:
-            flag = i
-            break
+    err = first_error(prompt, solution)
+    flag = err if rng is None else sloppy_flag(allowed, lines, err, rng, symptom_share, alarm_share)
+    last = flag if flag != -1 else max(len(lines), len(allowed)) - 1
+    out = [f"{i}:{as_written(lines[i]) if i < len(lines) else 'none'} {allowed[i] if i < len(allowed) else 'end'} "
+           f"{'wrong' if i == flag else 'ok'}" for i in range(last + 1)]
     return "\n".join(out) + "\n\\boxed{" + str(flag) + "}"
+
+
+def sloppy_flag(allowed: list[str], lines: list[str], err: int, rng: random.Random,
+                symptom_share: float, alarm_share: float) -> int:
+    """The line the sloppy critic teacher calls wrong first (-1: none), walking the lines in order;
+    `err` is the oracle's first wrong line, `allowed` the right lines (the ans line last)."""
+    k = len(allowed) - 1                                           # lines 0..k-1 are steps
+    for i in range(max(len(lines), len(allowed))):
+        if i == err:
+            symptom = (i < k and i + 1 < len(lines) and not lines[i].startswith("ans=")
+                       and rng.random() < symptom_share)
+            return i + 1 if symptom else i                         # the symptom: the next line, not the cause
+        if i < k and "*" in allowed[i] and rng.random() < alarm_share:
+            return i                                               # a false alarm on a right step line
+    return -1
 
 
 def critic_rows(items: list[tuple[str, str]]) -> list[dict]:
@@ -136,7 +135,8 @@ def build(args, rows):
     # skipped steps: a middle step left out, the rest right (the policy seldom writes one, so the
     # teacher's `skip` style writes them), each with a clean twin: flaws the critic must place
     prompts = sorted({r["prompt"] for r in rows if parse_prompt(r["prompt"]).steps >= 3})
-    for p in rng.sample(prompts, min(args.skips, len(prompts))):
+    skipped = rng.sample(prompts, min(args.skips, len(prompts)))
+    for p in skipped:
         items += [(p, teacher_solution(p, "skip", rng)), (p, teacher_solution(p, "clean", rng))]
     items = list(dict.fromkeys(items))
     if not items:
@@ -152,7 +152,7 @@ def build(args, rows):
                 [{"prompt": critic_prompt(p, s),
                   "completion": teacher_critique(p, s, teacher, args.symptom_share, args.alarm_share)}
                  for p, s in train_items])
-    print(f"critic: {len(items)} correct solutions ({2 * args.skips} of them skip / clean teacher pairs), "
+    print(f"critic: {len(items)} correct solutions ({len(skipped)} skip / clean teacher pairs added), "
           f"{len(train_items)} train / {len(items) - len(train_items)} test")
 
 
