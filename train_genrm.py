@@ -38,13 +38,10 @@ def main():
                            else genrm.outcome_reward(pred, label))
             preds.append(pred)
             labels.append(label)
-        flawed = [(p, y) for p, y in zip(preds, labels) if y != genrm.NO_ERROR]
-        flags = [(p, y) for p, y in flawed if p is not None and p != genrm.NO_ERROR]
         counts = {"valid": (sum(p is not None for p in preds), len(preds)),                 # counts summed over ranks
                   "decision_acc": (sum(p is not None and (p == genrm.NO_ERROR) == (y == genrm.NO_ERROR)
                                        for p, y in zip(preds, labels)), len(preds)),
-                  "exact_step_acc": (sum(p == y for p, y in flawed), len(flawed)),      # genrm.localisation's keys
-                  "late_flag_share": (sum(p > y for p, y in flags), len(flags))}
+                  **genrm.localisation_counts(preds, labels)}
         return torch.tensor(rewards), counts
 
     rl.train(args, dist.setup(), reward_fn, rows, prompt_ids)

@@ -180,15 +180,20 @@ def processbench_f1(preds: list[int | None], labels: list[int]) -> dict:
     return dict(err_acc=err_acc, correct_acc=correct_acc, f1=_harmonic(err_acc, correct_acc))
 
 
-def localisation(preds: list[int | None], labels: list[int]) -> dict:
-    """Where the flags on flawed samples land (docs/method.md §7): exact_step_acc is the share of
-    flawed samples flagged at their first wrong step (ProcessBench's err_acc); late / early_flag_share
-    are the shares of the flags on flawed samples (valid, not -1) that sit after / before it."""
+def localisation_counts(preds: list[int | None], labels: list[int]) -> dict:
+    """Where the flags on flawed samples land (docs/method.md §7), as (numerator, denominator):
+    exact_step_acc over flawed samples (flagged at their first wrong step: ProcessBench's err_acc);
+    late / early_flag_share over the flags on flawed samples (valid, not -1) after / before it."""
     flawed = [(p, y) for p, y in zip(preds, labels) if y != NO_ERROR]
     flags = [(p, y) for p, y in flawed if p is not None and p != NO_ERROR]
-    return dict(exact_step_acc=_ratio(sum(p == y for p, y in flawed), len(flawed)),
-                late_flag_share=_ratio(sum(p > y for p, y in flags), len(flags)),
-                early_flag_share=_ratio(sum(p < y for p, y in flags), len(flags)))
+    return dict(exact_step_acc=(sum(p == y for p, y in flawed), len(flawed)),
+                late_flag_share=(sum(p > y for p, y in flags), len(flags)),
+                early_flag_share=(sum(p < y for p, y in flags), len(flags)))
+
+
+def localisation(preds: list[int | None], labels: list[int]) -> dict:
+    """`localisation_counts` as shares (0.0 where nothing was counted)."""
+    return {k: _ratio(*v) for k, v in localisation_counts(preds, labels).items()}
 
 
 def majority_vote(preds: list[int | None]) -> int | None:

@@ -12,6 +12,7 @@ from fapo_mini.genrm import (
     critic_prompt,
     flawed_positive_metrics,
     localisation,
+    localisation_counts,
     majority_vote,
     outcome_reward,
     parse_verdict,
@@ -170,6 +171,8 @@ def test_localisation_hand():
     m = localisation(preds, labels)
     assert (m["exact_step_acc"], m["late_flag_share"], m["early_flag_share"]) == (0.4, 0.25, 0.25)
     assert m["exact_step_acc"] == processbench_f1(preds, labels)["err_acc"]
+    assert localisation_counts(preds, labels) == dict(exact_step_acc=(2, 5), late_flag_share=(1, 4),
+                                                      early_flag_share=(1, 4))   # what train_genrm.py sums over ranks
     assert localisation([-1], [-1]) == dict(exact_step_acc=0.0, late_flag_share=0.0, early_flag_share=0.0)
 
 
