@@ -11,7 +11,7 @@ ground truth are scored:
     `flawed_genrm` with --genrm. Summary (fapo_mini/scoring.py): `accuracy` = the paper's
     avg@n (mean correctness over the n samples of every problem), unbiased pass@k (Chen et
     al. 2021), flawed-positive ratio = flawed / correct (`fp_ratio` by the oracle,
-    `judge_fp_ratio` by the GenRM, with `judge_invalid`).
+    `judge_fp_ratio` by the GenRM, with `judge_invalid` and `judge_truncated`).
   * critic rows (`extra_info.total_steps`, label = first wrong step or -1): the model is
     a GenRM; `verdict` per row. Summary: FlawedPositiveBench precision / recall / F1 and
     ProcessBench F1 (docs/method.md §7; left out unless both clean and flawed rows are there),
@@ -45,7 +45,7 @@ from fapo_mini.tasks import task_of
 RANGES = (("n", at_least(1), ">= 1"), ("max_new_tokens", at_least(1), ">= 1"), ("batch_size", at_least(1), ">= 1"),
           ("limit", at_least(0), ">= 0"), ("temperature", at_least(0), ">= 0"),
           ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("top_k", at_least(0), ">= 0"),
-          ("genrm_max_new_tokens", at_least(1), ">= 1"))
+          ("genrm_max_new_tokens", at_least(1), ">= 1"), ("genrm_cache_gb", at_least(0), ">= 0"))
 
 
 def check_one_kind(rows, source) -> None:
@@ -102,7 +102,11 @@ def parse_args():
     ap.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
     ap.add_argument("--genrm", help="GenRM folder: also judge correct policy rollouts with it")
     ap.add_argument("--genrm-url", help="or a served GenRM: an OpenAI-compatible server (fapo_mini/served_judge.py)")
-    ap.add_argument("--genrm-max-new-tokens", type=int, default=256, help="critique length cap (cut = not flawed)")
+    ap.add_argument("--genrm-max-new-tokens", type=int, default=16384,
+                    help="critique cap, the authors' (less where the window or --genrm-cache-gb cannot hold it; "
+                         "cut = not flawed)")
+    ap.add_argument("--genrm-cache-gb", type=float, default=0.0,
+                    help="KV cache of a judge wave in GiB (0 = half the memory free at each call)")
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay the decode step as CUDA graphs (GPU)")
     ap.add_argument("--trust-remote-code", action="store_true")
@@ -147,7 +151,8 @@ def main():
     judge = None  # loaded before sampling, so a bad --genrm folder or URL fails in seconds
     if args.genrm and kind == "policy":
         try:
-            judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens)
+            judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens, cache_gb=args.genrm_cache_gb,
+                               cuda_graphs=args.cuda_graphs)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     elif args.genrm_url and kind == "policy":

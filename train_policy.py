@@ -40,7 +40,7 @@ from fapo_mini.tasks import is_correct, task_of
 RANGES = (("lam", lambda v: v >= 0, ">= 0 (0 = GRPO)"),
           ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
           ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
-          ("genrm_cache_tokens", lambda v: v >= 0, ">= 0 (0 = --genrm-max-rows only)"),
+          ("genrm_cache_gb", lambda v: v >= 0, ">= 0 (0 = half the memory free at each judge call)"),
           ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
           ("genrm_concurrency", lambda v: v >= 1, ">= 1"),
           ("genrm_timeout", lambda v: v > 0, "> 0"),
@@ -71,7 +71,7 @@ def make_reward_fn(lam: float, judge, genrm, oracle):
             v = genrm(pos_rows, pos_text)
             verdicts["genrm"] = v.flawed
             counts.update(judge_fp_ratio=(sum(v.flawed), len(pos)), judge_invalid=(v.invalid, len(pos)),
-                          judge_cut=(v.cut, len(pos)),                 # critiques cut at --genrm-max-new-tokens
+                          judge_truncated=(v.truncated, len(pos)),     # critiques cut at the token cap
                           judge_distinct=(v.critiques, len(pos)))   # critiques made / rollouts judged
         flawed = torch.zeros(len(samples), dtype=torch.bool)
         if judge is not None and pos:
@@ -88,12 +88,14 @@ def main():
                    help="who says a correct rollout is flawed: the GenRM, the task's exact oracle, or nobody (GRPO)")
     g.add_argument("--genrm", help="GenRM model folder (for --judge genrm; with --judge none or oracle it only "
                                    "measures: judge_fp_ratio)")
-    g.add_argument("--genrm-max-new-tokens", type=int, default=256)
+    g.add_argument("--genrm-max-new-tokens", type=int, default=16384,
+                   help="critique cap, the authors' 16384 (less where the GenRM's window or --genrm-cache-gb "
+                        "cannot hold it; a cut critique counts as not flawed: judge_truncated)")
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
-    g.add_argument("--genrm-max-rows", type=int, default=256,
-                   help="critiques per judge wave (its KV cache: rows x (critic prompt + genrm-max-new-tokens))")
-    g.add_argument("--genrm-cache-tokens", type=int, default=0,
-                   help="KV-cache positions per judge wave: fewer rows when critic prompts are long (0 = rows only)")
+    g.add_argument("--genrm-max-rows", type=int, default=256, help="at most this many critiques a judge wave")
+    g.add_argument("--genrm-cache-gb", type=float, default=0.0,
+                   help="KV cache of a judge wave in GiB: as many critiques as fit, each (critic prompt + cap) "
+                        "positions (0 = half the memory free at each call; set it for runs that must repeat)")
     g = ap.add_argument_group("a served GenRM (fapo_mini/served_judge.py), instead of --genrm DIR")
     g.add_argument("--genrm-url", help="an OpenAI-compatible server of the GenRM (vLLM, SGLang, a router): "
                                        "http://HOST:PORT")
@@ -122,7 +124,7 @@ def main():
         try:
             genrm = GenRMJudge(args.genrm, info.device, args.genrm_max_new_tokens, args.genrm_temperature,
                                trust_remote_code=args.trust_remote_code, max_rows=args.genrm_max_rows,
-                               cache_tokens=args.genrm_cache_tokens, cuda_graphs=args.cuda_graphs)
+                               cache_gb=args.genrm_cache_gb, cuda_graphs=args.cuda_graphs)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     elif args.genrm_url:                          # asks the server for its model name: a wrong URL fails here

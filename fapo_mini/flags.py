@@ -74,4 +74,5 @@ def add_eval_args(ap):
 # flags that may change when a run is resumed; every other flag must match the checkpoint
 RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to",
              "cuda_graphs", "eval_data", "eval_every", "eval_n", "eval_temperature", "eval_top_p",
+             "genrm_cache_gb",                                                   # a judge that ran out of memory
              "genrm_url", "genrm_concurrency", "genrm_timeout", "genrm_retries")   # a served judge may move

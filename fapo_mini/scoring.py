@@ -25,7 +25,7 @@ def policy_counts(rows: list[dict], n: int, oracle: bool, judge=None) -> dict:
     row, `flawed` to correct rows whose task has an oracle, `flawed_genrm` to correct rows when a
     judge is given. Returns metric -> (numerator, denominator): accuracy, pass@k for k = 1, 2, 4, ..
     <= n, and fp_ratio when `oracle` (the caller decides it from the whole data set, so that every
-    rank reports the same keys), judge_fp_ratio / judge_invalid with a judge."""
+    rank reports the same keys), judge_fp_ratio / judge_invalid / judge_truncated with a judge."""
     for r in rows:
         r["correct"] = is_correct(r, r["response"])
         first_error = task_of(r).first_error
@@ -45,7 +45,8 @@ def policy_counts(rows: list[dict], n: int, oracle: bool, judge=None) -> dict:
         v = judge(pos, [r["response"] for r in pos])
         for r, f in zip(pos, v.flawed):
             r["flawed_genrm"] = f
-        counts.update(judge_fp_ratio=(sum(v.flawed), len(pos)), judge_invalid=(v.invalid, len(pos)))
+        counts.update(judge_fp_ratio=(sum(v.flawed), len(pos)), judge_invalid=(v.invalid, len(pos)),
+                      judge_truncated=(v.truncated, len(pos)))
     return counts
 
 

@@ -22,7 +22,8 @@ OUT=${OUT:-}
 BENCHES=${BENCHES:-aime24 aime25 math500}
 NGPU=${NGPU:-8}
 MAX_NEW=${MAX_NEW:-3072}
-GENRM_MAX_NEW=${GENRM_MAX_NEW:-2048}   # critique cap for the GenRM judge (as in the policy recipe)
+GENRM_MAX_NEW=${GENRM_MAX_NEW:-16384}  # critique cap for the GenRM judge (the authors', as in the policy recipe)
+GENRM_CACHE_GB=${GENRM_CACHE_GB:-32}   # its waves' KV cache (GiB), beside the fp32 policy and bf16 GenRM
 declare -A SOURCE=([aime24]=${AIME24:-} [aime25]=${AIME25:-} [math500]=${MATH500:-})
 declare -A N=([aime24]=32 [aime25]=32 [math500]=4)
 
@@ -31,7 +32,7 @@ if [[ $DRY_RUN == 1 ]]; then
     CKPT=$OUT/tiny_policy; tiny qwen2 "$CKPT"
     GENRM=$OUT/tiny_genrm; tiny qwen3 "$GENRM"
     for b in aime24 aime25 math500; do SOURCE[$b]=$ROOT/tests/fixtures/$b-sample.jsonl; done
-    NGPU=0; MAX_NEW=16; GENRM_MAX_NEW=16
+    NGPU=0; MAX_NEW=16; GENRM_MAX_NEW=16; GENRM_CACHE_GB=1
 fi
 [[ -n $CKPT ]] || { echo "error: set CKPT to the policy model folder to evaluate" >&2; exit 1; }
 if [[ -z $OUT ]]; then name=${CKPT#runs/}; OUT=runs/eval/${name//\//_}; fi   # outside ckpt/: rotation deletes that
@@ -50,7 +51,7 @@ for b in $BENCHES; do
         if [[ $gpu -ge 0 ]]; then export CUDA_VISIBLE_DEVICES=$gpu; fi
         "$PYTHON" "$ROOT/rollout.py" --model "$CKPT" --data "$data" --out "$OUT/$b.jsonl" \
             --n "${N[$b]}" --temperature 1.0 --top-p 0.7 --max-new-tokens "$MAX_NEW" \
-            ${GENRM:+--genrm "$GENRM" --genrm-max-new-tokens "$GENRM_MAX_NEW"} > "$OUT/$b.stdout" 2> "$OUT/$b.log"
+            ${GENRM:+--genrm "$GENRM" --genrm-max-new-tokens "$GENRM_MAX_NEW" --genrm-cache-gb "$GENRM_CACHE_GB"} > "$OUT/$b.stdout" 2> "$OUT/$b.log"
         tail -n 1 "$OUT/$b.stdout" > "$OUT/$b.summary.json"
     ) &
     pids+=($!)

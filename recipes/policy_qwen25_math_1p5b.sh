@@ -25,13 +25,14 @@
 #     and 4 mini-batches of 32 prompts a step: the paper's mini-batch, a quarter of its updates.
 #     1.5B: DDP (16 bytes a parameter). 7B: FSDP2, 64 prompts x 8 (2 mini-batches of 32): each GPU
 #     holds 1/8 of the fp32 weights, grads and AdamW plus a whole bf16 copy for the sampler.
-#   * the judge takes a GPU's correct rollouts 24 critiques a wave (--genrm-max-rows): its dense
-#     cache is rows x ~5.7k tokens next to the policy (~59 GiB peak with the 4B GenRM).
+#   * the judge takes a GPU's correct rollouts in waves sized by a KV-cache budget (--genrm-cache-gb,
+#     GENRM_CACHE_GB below), at most 24 critiques a wave: each holds a dense slot of critic prompt
+#     (~3.7k tokens) + the critique cap, next to the policy (recipes/README.md, estimates);
 #   * response 3072 with an overlong buffer of 1536 (the paper's 2:1 ratio): DAPO prompts are
 #     short, and prompt + response stays inside Qwen2.5-Math-1.5B's 4096 positions (the authors
 #     stretch the 7B's to 32768 by editing config.json; we keep the model as published);
-#   * GenRM critiques get 2048 new tokens (the authors allow 16384); a critique cut short has no
-#     verdict and counts as not flawed (judge_invalid in metrics.jsonl shows how often);
+#   * GenRM critiques get the authors' 16384 new tokens; a critique cut short has no verdict and
+#     counts as not flawed (judge_truncated in metrics.jsonl shows how often);
 #   * 200 steps, as the paper: 1.5B 200 x 128 = 25.6k prompts (1.5 passes over DAPO-Math-17k),
 #     7B 200 x 64 = 12.8k (the paper: 200 x 512).
 set -euo pipefail
@@ -40,8 +41,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ARM=${ARM:-fapo}
 SIZE=${SIZE:-1.5b}
 case $SIZE in      # the 7B: FSDP2, half the prompts a step (its sampler copy and activations are larger)
-    1.5b) HUB=Qwen/Qwen2.5-Math-1.5B; SHARD=();       DEFAULT_PROMPTS=128; MINI=4; TINY=qwen2 ;;
-    7b)   HUB=Qwen/Qwen2.5-Math-7B;   SHARD=(--fsdp); DEFAULT_PROMPTS=64;  MINI=2; TINY=qwen2-untied ;;
+    1.5b) HUB=Qwen/Qwen2.5-Math-1.5B; SHARD=();       DEFAULT_PROMPTS=128; MINI=4; TINY=qwen2;        CACHE_GB=32 ;;
+    7b)   HUB=Qwen/Qwen2.5-Math-7B;   SHARD=(--fsdp); DEFAULT_PROMPTS=64;  MINI=2; TINY=qwen2-untied; CACHE_GB=24 ;;
     *)    echo "error: SIZE must be 1.5b or 7b, got '$SIZE'" >&2; exit 1 ;;
 esac
 MODEL=${MODEL:-$HOME/models/${HUB#Qwen/}}
@@ -54,8 +55,9 @@ GROUP=8
 MAX_NEW=3072
 OVERLONG=1536
 ROLLOUT_ROWS=128          # one wave: a GPU's 128 (1.5B) or 64 (7B) rollouts
-GENRM_MAX_NEW=2048
-GENRM_ROWS=24             # critiques per judge wave
+GENRM_MAX_NEW=16384       # the authors' critique cap
+GENRM_ROWS=24             # at most this many critiques a judge wave
+GENRM_CACHE_GB=$CACHE_GB  # the judge wave's KV cache (GiB): as many critiques as fit, up to GENRM_ROWS
 MICRO_TOKENS=16384
 STEPS=${STEPS:-200}
 
@@ -76,7 +78,7 @@ esac
 if [[ -n $GENRM ]]; then
     need_model "$GENRM" "GENRM is a GenRM model folder, e.g. runs/genrm_qwen3_4b/ckpt/step_00000500/model"
     ARM_FLAGS+=(--genrm "$GENRM" --genrm-max-new-tokens "$GENRM_MAX_NEW" --genrm-temperature 0
-                --genrm-max-rows "$GENRM_ROWS")
+                --genrm-max-rows "$GENRM_ROWS" --genrm-cache-gb "$GENRM_CACHE_GB")
 fi
 
 TRAIN=$OUT/dapo_train.jsonl

@@ -74,7 +74,7 @@ def test_genrm_judge_cuda_graphs_equal_eager(tmp_path, qwen3_dir):
                  for i, (p, style) in enumerate(zip(problems, ["clean", "sloppy", "jump"] * 2))]
     eager = GenRMJudge(qwen3_dir, "cuda", max_new_tokens=24)(rows, responses)
     graphed = GenRMJudge(qwen3_dir, "cuda", max_new_tokens=24, cuda_graphs=True)(rows, responses)
-    assert (graphed.flawed, graphed.invalid, graphed.cut) == (eager.flawed, eager.invalid, eager.cut)
+    assert (graphed.flawed, graphed.invalid, graphed.truncated) == (eager.flawed, eager.invalid, eager.truncated)
 
 
 def test_bf16_rollout_logprob_gap(qwen3_dir, byte_tokenizer):

@@ -435,7 +435,7 @@ def test_trainer_flag_ranges(monkeypatch, capsys, tmp_path, dirs, main, script, 
 @pytest.mark.parametrize("flag,value,line", [("--genrm-max-rows", "0", "--genrm-max-rows must be >= 1, got 0"),
                                              ("--genrm-max-new-tokens", "0", "--genrm-max-new-tokens must be >= 1, got 0"),
                                              ("--genrm-temperature", "-1", "--genrm-temperature must be >= 0"),
-                                             ("--genrm-cache-tokens", "-1", "--genrm-cache-tokens must be >= 0")])
+                                             ("--genrm-cache-gb", "-1", "--genrm-cache-gb must be >= 0")])
 def test_train_policy_genrm_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
     argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o"),
             "--judge", "genrm", "--genrm", str(dirs["good"]), flag, value]

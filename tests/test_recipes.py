@@ -173,7 +173,7 @@ def test_genrm_judge_runs_the_tiny_genrm(tiny_dirs):
     assert p.endswith("in \\boxed{}.<|im_end|>\n<|im_start|>assistant\n")
     v = det([row, row], ["\\boxed{2}", "so \\boxed{2}"])
     assert v.flawed == [False, False] and v.invalid == 2   # random critiques never parse: not flawed, counted
-    assert v.cut == 2 and v.critiques == 2                 # 8 random tokens never reach the EOS
+    assert v.truncated == 2 and v.critiques == 2           # 8 random tokens never reach the EOS
 
 
 
@@ -198,7 +198,7 @@ def test_greedy_genrm_judge_critiques_each_distinct_text_once(tiny_dirs):
     ids = [det.tok.encode(det.prompt(row, r), add_special_tokens=False) for r in responses]
     assert len(det.sampler.prompts) == v.critiques == 4 and v.invalid == 0
     assert v.flawed == [sum(x) % 3 - 1 != -1 for x in ids] and len(set(v.flawed)) == 2
-    assert v.cut == sum(sum(x) % 2 for x in ids)                # counted per rollout, like the verdicts
+    assert v.truncated == sum(sum(x) % 2 for x in ids)                # counted per rollout, like the verdicts
 
 # ---------------------------------------------------------------- the recipes' dry runs
 
@@ -242,7 +242,7 @@ def test_policy_recipe_dry_run(tmp_path, tiny_dirs, script, arm, lam, judge):
     assert {k: cfg[k] for k in paper} == paper
     # mini-batches of 32 prompts, the paper's: 128 / 4 (1.5B, DDP) and 64 / 2 (7B, FSDP2)
     assert (cfg["mini_batches"], cfg["fsdp"]) == ((2, True) if is_7b else (4, False))
-    assert (cfg["rollout_max_rows"], cfg["genrm_max_rows"]) == (128, 24)
+    assert (cfg["rollout_max_rows"], cfg["genrm_max_rows"], cfg["genrm_cache_gb"]) == (128, 24, 24 if is_7b else 32)
     policy = load_model(tmp_path / "ckpt" / "step_00000002" / "model").cfg
     assert (policy.model_type, policy.tie_word_embeddings) == ("qwen2", not is_7b)   # 7B: its own lm_head
     # the GRPO arm keeps the GenRM as a measuring instrument (judge_fp_ratio), as the paper tracks it
@@ -278,17 +278,47 @@ def test_eval_recipe_dry_run(tmp_path, tiny_dirs):
 
 
 def test_genrm_judge_waves_fit_the_cache_budget(tiny_dirs):
-    """--genrm-cache-tokens: a wave holds as many critiques as fit that many KV positions, each
-    row taking the longest critic prompt + max_new_tokens (a dense slot)."""
+    """--genrm-cache-gb: a wave holds as many critiques as fit that many KV bytes, each row taking
+    the longest critic prompt + the critique cap positions (a dense slot)."""
     det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
     row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
     responses = [f"so \\boxed{{{i}}}" + " step" * i for i in range(6)]
     per_row = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses) + 8
     cfg = det.sampler.model.cfg
     position_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4   # k and v, fp32
-    unbounded = det([row] * 6, responses)
+    unbounded = det([row] * 6, responses)              # the automatic budget: half the free memory, room for all
     assert det.sampler.cache_bytes == 6 * per_row * position_bytes            # one wave of all 6
-    det.cache_tokens = 2 * per_row + per_row // 2                             # room for 2 rows, not 3
+    det.cache_gb = (2 * per_row + per_row // 2) * position_bytes / 2**30       # room for 2 rows, not 3
     bounded = det([row] * 6, responses)
     assert det.sampler.max_rows == 2 and det.sampler.cache_bytes == 2 * per_row * position_bytes
     assert bounded.critiques == unbounded.critiques == 6
+    assert bounded.flawed == unbounded.flawed and bounded.truncated == unbounded.truncated == 6   # the cap is unchanged
+
+
+def test_genrm_judge_cap_is_what_the_window_or_budget_holds(tiny_dirs):
+    """The authors' 16384-token cap, unless the GenRM's context window or the KV budget cannot
+    hold one slot that long: then the cap is what fits, with one warning, and the critiques cut
+    there are counted."""
+    from fapo_mini.judge import wave_plan
+    # hand computation: 1000-token prompts, 100 bytes a position
+    assert wave_plan(1000, 16384, 262144, 100, 10 * 17384 * 100, 256) == (16384, 10)
+    assert wave_plan(1000, 16384, 4096, 100, 10 * 17384 * 100, 256) == (3096, 42)     # window: 4096 - 1000
+    assert wave_plan(1000, 16384, 262144, 100, 1500 * 100, 256) == (500, 1)           # budget: 1500 - 1000
+    assert wave_plan(1000, 16384, 262144, 100, 900 * 100, 256) == (1, 1)              # not even the prompt: 1 token
+    assert wave_plan(1000, 16384, 262144, 100, 1e15, 8) == (16384, 8)                 # rows cap
+    det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=16384)
+    row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
+    responses = ["\\boxed{2}", "so \\boxed{2}"]
+    prompt_len = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses)
+    det.cache_gb = (prompt_len + 6) * det.position_bytes / 2**30                  # one slot of the longest prompt + 6
+    with pytest.warns(UserWarning, match=f"critiques capped at 6 new tokens, not 16384: a {prompt_len}-token critic prompt"):
+        v = det([row, row], responses)
+    assert det.sampler.max_rows == 1 and det.sampler.cache_bytes == (prompt_len + 6) * det.position_bytes
+    assert v.truncated == v.invalid == 2 and v.flawed == [False, False]   # 6 random tokens: cut, unparsable, not flawed
+
+
+def test_free_bytes_on_cpu_is_the_kernels_available_memory():
+    from fapo_mini.judge import free_bytes
+    meminfo = dict(line.split(":") for line in Path("/proc/meminfo").read_text().splitlines())
+    available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    assert abs(free_bytes("cpu") - available) < 0.05 * available      # read moments apart

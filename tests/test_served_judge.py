@@ -145,7 +145,7 @@ def test_requests_and_verdicts(scripted):
     judge = ServedJudge(server.url + "/v1/", max_new_tokens=77)
     assert judge.model == "genrm"
     v = judge(rows, responses)
-    assert v == Verdicts(flawed=[False, True, False, False, False, False, True], invalid=2, cut=2, critiques=6)
+    assert v == Verdicts(flawed=[False, True, False, False, False, False, True], invalid=2, truncated=2, critiques=6)
     assert judge([], []) == Verdicts([])
     assert [m for m, *_ in server.requests].count("GET") == 1          # the model is asked once
 

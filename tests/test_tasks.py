@@ -105,7 +105,8 @@ def test_deleting_the_toy_world_leaves_the_real_commands_working(tmp_path):
     # FAPO with the GenRM judge on math rows: no oracle, so no fp_ratio; the GenRM is asked
     small = ["--steps", 1, "--prompts-per-step", 2, "--group-size", 2, "--max-new-tokens", 8]
     r = run(fork, "train_policy.py", "--model", tmp_path / "qwen2", "--data", tmp_path / "dapo.jsonl",
-            "--out", tmp_path / "policy_run", "--judge", "genrm", "--genrm", tmp_path / "qwen3", *small)
+            "--out", tmp_path / "policy_run", "--judge", "genrm", "--genrm", tmp_path / "qwen3", "--genrm-max-new-tokens", 8,
+            *small)
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads((tmp_path / "policy_run" / "metrics.jsonl").read_text())
     assert "fp_ratio" not in line and "judge_fp_ratio" in line and line["step"] == 1
@@ -125,7 +126,8 @@ def test_deleting_the_toy_world_leaves_the_real_commands_working(tmp_path):
 
     # rollout.py: policy rows scored by the boxed rule (with the GenRM loaded), critic rows by the benchmarks
     r = run(fork, "rollout.py", "--model", tmp_path / "qwen2", "--data", tmp_path / "dapo.jsonl", "--n", 2,
-            "--max-new-tokens", 8, "--genrm", tmp_path / "qwen3", "--out", tmp_path / "policy_out.jsonl")
+            "--max-new-tokens", 8, "--genrm", tmp_path / "qwen3", "--genrm-max-new-tokens", 8,
+            "--out", tmp_path / "policy_out.jsonl")
     assert r.returncode == 0, r.stderr[-2000:]
     summary, out_rows = json.loads(r.stdout.strip().splitlines()[-1]), [
         json.loads(line) for line in (tmp_path / "policy_out.jsonl").read_text().splitlines()]
