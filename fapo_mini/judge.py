@@ -15,12 +15,13 @@ same text, and a greedy critique is a function of its input. The prompt is the r
 (`Task.critic_prompt`), through the GenRM's chat template unless the task says not.
 
 Memory: a wave's KV cache is dense, one slot of (longest critic prompt + the critique cap)
-positions per critique (fapo_mini/slots.py), so waves are sized by bytes, not rows: as many slots
-as fit `cache_gb` GiB (default: half the memory free on the judge's device at that call), at most
-`max_rows`. The critique cap is `max_new_tokens` (16384 by default, the authors' cap) unless the
-GenRM's context window or the budget cannot hold one slot that long; then it is what fits, with
-one warning. The automatic budget follows free memory, so waves can differ between runs: give
-`cache_gb` for a run that must repeat exactly. The prefill's own activations are outside it.
+positions per critique (fapo_mini/slots.py), and the first slots' prompts are prefilled together,
+so waves are sized by bytes, not rows: as many slots, with their share of that prefill, as fit
+`cache_gb` GiB (default: half the memory free on the judge's device at that call), at most
+`max_rows` (`wave_plan`). The critique cap is `max_new_tokens` (16384 by default, the authors')
+unless the GenRM's context window or the budget cannot hold one slot that long; then it is what
+fits, with one warning. The automatic budget follows free memory, so waves can differ between runs: give
+`cache_gb` for a run that must repeat exactly.
 
 Simplified away: one verdict per rollout (no voting); a cut-off or unparsable critique
 counts as NOT flawed (docs/method.md §3) and is counted in `invalid` (and a cut one in `truncated`:
@@ -73,14 +74,18 @@ def free_bytes(device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def wave_plan(longest_prompt: int, max_new: int, window: int, position_bytes: int, budget: float,
-              max_rows: int) -> tuple[int, int]:
-    """(critique cap, slots per wave) for one judge call. A slot holds longest_prompt + cap
-    positions of position_bytes each; the cap is max_new unless the model's window or the budget
-    cannot hold one such slot (then what fits, at least 1 token); slots: as many as the budget
-    holds, at least 1, at most max_rows."""
-    cap = max(1, min(max_new, window - longest_prompt, int(budget // position_bytes) - longest_prompt))
-    return cap, max(1, min(max_rows, int(budget // ((longest_prompt + cap) * position_bytes))))
+def wave_plan(longest_prompt: int, max_new: int, window: int, position_bytes: int, prefill_bytes: int,
+              budget: float, max_rows: int) -> tuple[int, int]:
+    """(critique cap, slots per wave) for one judge call. A slot costs its cache, longest_prompt + cap
+    positions of position_bytes each, plus its prompt's share of the first fill's packed prefill,
+    longest_prompt tokens of prefill_bytes each (every layer's K/V before they are copied into the
+    slots, and one layer's activations: Slots.fill). The cap is max_new unless the model's window
+    or the budget cannot hold one such slot (then what fits, at least 1 token); slots: as many as
+    the budget holds, at least 1, at most max_rows."""
+    room = int((budget - longest_prompt * prefill_bytes) // position_bytes) - longest_prompt   # cap one slot allows
+    cap = max(1, min(max_new, window - longest_prompt, room))
+    slot = (longest_prompt + cap) * position_bytes + longest_prompt * prefill_bytes
+    return cap, max(1, min(max_rows, int(budget // slot)))
 
 
 class GenRMJudge:
@@ -103,6 +108,9 @@ class GenRMJudge:
         self.device, self.max_rows, self.cache_gb = device, max_rows, cache_gb
         cfg = model.cfg   # K and V of every layer, in the cache's dtype (the model's)
         self.position_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
+        # a prefilled token: its K/V of every layer, and one layer's widest activations (the residual
+        # and its norm, 2 x hidden; the fused gate/up output, silu(gate) and their product, 4 x MLP width)
+        self.prefill_bytes = self.position_bytes + (2 * cfg.hidden_size + 4 * cfg.intermediate_size) * dtype.itemsize
         self.window = cfg.max_position_embeddings
         self.warned = False
 
@@ -123,8 +131,8 @@ class GenRMJudge:
         ids = [self.tok.encode(t, add_special_tokens=False) for t in unique]
         longest = max(map(len, ids))
         budget = self.cache_gb * 2**30 if self.cache_gb else AUTO_SHARE * free_bytes(self.device)
-        cap, self.sampler.max_rows = wave_plan(longest, self.params.max_new_tokens, self.window,
-                                               self.position_bytes, budget, self.max_rows)
+        cap, self.sampler.max_rows = wave_plan(longest, self.params.max_new_tokens, self.window, self.position_bytes,
+                                               self.prefill_bytes, budget, self.max_rows)
         if cap < self.params.max_new_tokens and not self.warned:
             warnings.warn(f"GenRM judge: critiques capped at {cap} new tokens, not {self.params.max_new_tokens}: "
                           f"a {longest}-token critic prompt and the context window ({self.window}) or the KV "

@@ -23,7 +23,7 @@ BENCHES=${BENCHES:-aime24 aime25 math500}
 NGPU=${NGPU:-8}
 MAX_NEW=${MAX_NEW:-3072}
 GENRM_MAX_NEW=${GENRM_MAX_NEW:-16384}  # critique cap for the GenRM judge (the authors', as in the policy recipe)
-GENRM_CACHE_GB=${GENRM_CACHE_GB:-32}   # its waves' KV cache (GiB), beside the fp32 policy and bf16 GenRM
+GENRM_CACHE_GB=${GENRM_CACHE_GB:-64}   # its waves' cache and prefill (GiB), beside the bf16 policy and GenRM
 declare -A SOURCE=([aime24]=${AIME24:-} [aime25]=${AIME25:-} [math500]=${MATH500:-})
 declare -A N=([aime24]=32 [aime25]=32 [math500]=4)
 

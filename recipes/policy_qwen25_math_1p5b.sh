@@ -41,8 +41,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 ARM=${ARM:-fapo}
 SIZE=${SIZE:-1.5b}
 case $SIZE in      # the 7B: FSDP2, half the prompts a step (its sampler copy and activations are larger)
-    1.5b) HUB=Qwen/Qwen2.5-Math-1.5B; SHARD=();       DEFAULT_PROMPTS=128; MINI=4; TINY=qwen2;        CACHE_GB=32 ;;
-    7b)   HUB=Qwen/Qwen2.5-Math-7B;   SHARD=(--fsdp); DEFAULT_PROMPTS=64;  MINI=2; TINY=qwen2-untied; CACHE_GB=24 ;;
+    1.5b) HUB=Qwen/Qwen2.5-Math-1.5B; SHARD=();       DEFAULT_PROMPTS=128; MINI=4; TINY=qwen2;        CACHE_GB=39 ;;
+    7b)   HUB=Qwen/Qwen2.5-Math-7B;   SHARD=(--fsdp); DEFAULT_PROMPTS=64;  MINI=2; TINY=qwen2-untied; CACHE_GB=42 ;;
     *)    echo "error: SIZE must be 1.5b or 7b, got '$SIZE'" >&2; exit 1 ;;
 esac
 MODEL=${MODEL:-$HOME/models/${HUB#Qwen/}}
@@ -57,7 +57,7 @@ OVERLONG=1536
 ROLLOUT_ROWS=128          # one wave: a GPU's 128 (1.5B) or 64 (7B) rollouts
 GENRM_MAX_NEW=16384       # the authors' critique cap
 GENRM_ROWS=24             # at most this many critiques a judge wave
-GENRM_CACHE_GB=$CACHE_GB  # the judge wave's KV cache (GiB): as many critiques as fit, up to GENRM_ROWS
+GENRM_CACHE_GB=$CACHE_GB  # a judge wave's cache and prefill (GiB): as many critiques as fit, up to GENRM_ROWS
 MICRO_TOKENS=16384
 STEPS=${STEPS:-200}
 

@@ -242,7 +242,7 @@ def test_policy_recipe_dry_run(tmp_path, tiny_dirs, script, arm, lam, judge):
     assert {k: cfg[k] for k in paper} == paper
     # mini-batches of 32 prompts, the paper's: 128 / 4 (1.5B, DDP) and 64 / 2 (7B, FSDP2)
     assert (cfg["mini_batches"], cfg["fsdp"]) == ((2, True) if is_7b else (4, False))
-    assert (cfg["rollout_max_rows"], cfg["genrm_max_rows"], cfg["genrm_cache_gb"]) == (128, 24, 24 if is_7b else 32)
+    assert (cfg["rollout_max_rows"], cfg["genrm_max_rows"], cfg["genrm_cache_gb"]) == (128, 24, 42 if is_7b else 39)
     policy = load_model(tmp_path / "ckpt" / "step_00000002" / "model").cfg
     assert (policy.model_type, policy.tie_word_embeddings) == ("qwen2", not is_7b)   # 7B: its own lm_head
     # the GRPO arm keeps the GenRM as a measuring instrument (judge_fp_ratio), as the paper tracks it
@@ -278,42 +278,46 @@ def test_eval_recipe_dry_run(tmp_path, tiny_dirs):
 
 
 def test_genrm_judge_waves_fit_the_cache_budget(tiny_dirs):
-    """--genrm-cache-gb: a wave holds as many critiques as fit that many KV bytes, each row taking
-    the longest critic prompt + the critique cap positions (a dense slot)."""
+    """--genrm-cache-gb: a wave holds as many critiques as fit that many bytes, each a dense cache
+    slot of the longest critic prompt + the critique cap positions, plus its prompt's share of the
+    packed prefill (every layer's K/V and one layer's activations per prompt token)."""
     det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=8)
     row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
     responses = [f"so \\boxed{{{i}}}" + " step" * i for i in range(6)]
-    per_row = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses) + 8
+    longest = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses)
     cfg = det.sampler.model.cfg
     position_bytes = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4   # k and v, fp32
+    prefill_bytes = position_bytes + 4 * (2 * cfg.hidden_size + 4 * cfg.intermediate_size)
+    slot = (longest + 8) * position_bytes + longest * prefill_bytes
     unbounded = det([row] * 6, responses)              # the automatic budget: half the free memory, room for all
-    assert det.sampler.cache_bytes == 6 * per_row * position_bytes            # one wave of all 6
-    det.cache_gb = (2 * per_row + per_row // 2) * position_bytes / 2**30       # room for 2 rows, not 3
+    assert det.sampler.cache_bytes == 6 * (longest + 8) * position_bytes      # one wave of all 6
+    det.cache_gb = (2 * slot + slot // 2) / 2**30                              # room for 2 slots, not 3
     bounded = det([row] * 6, responses)
-    assert det.sampler.max_rows == 2 and det.sampler.cache_bytes == 2 * per_row * position_bytes
+    assert det.sampler.max_rows == 2 and det.sampler.cache_bytes == 2 * (longest + 8) * position_bytes
     assert bounded.critiques == unbounded.critiques == 6
     assert bounded.flawed == unbounded.flawed and bounded.truncated == unbounded.truncated == 6   # the cap is unchanged
 
 
 def test_genrm_judge_cap_is_what_the_window_or_budget_holds(tiny_dirs):
-    """The authors' 16384-token cap, unless the GenRM's context window or the KV budget cannot
-    hold one slot that long: then the cap is what fits, with one warning, and the critiques cut
-    there are counted."""
+    """The authors' 16384-token cap, unless the GenRM's context window or the budget cannot hold
+    one slot that long: then the cap is what fits, with one warning, and the critiques cut there
+    are counted."""
     from fapo_mini.judge import wave_plan
-    # hand computation: 1000-token prompts, 100 bytes a position
-    assert wave_plan(1000, 16384, 262144, 100, 10 * 17384 * 100, 256) == (16384, 10)
-    assert wave_plan(1000, 16384, 4096, 100, 10 * 17384 * 100, 256) == (3096, 42)     # window: 4096 - 1000
-    assert wave_plan(1000, 16384, 262144, 100, 1500 * 100, 256) == (500, 1)           # budget: 1500 - 1000
-    assert wave_plan(1000, 16384, 262144, 100, 900 * 100, 256) == (1, 1)              # not even the prompt: 1 token
-    assert wave_plan(1000, 16384, 262144, 100, 1e15, 8) == (16384, 8)                 # rows cap
+    # hand computation: 1000-token prompts, 100 bytes a cached position, 300 a prefilled token
+    slot = 17384 * 100 + 1000 * 300                                                       # 2,038,400 bytes
+    assert wave_plan(1000, 16384, 262144, 100, 300, 10 * slot, 256) == (16384, 10)
+    assert wave_plan(1000, 16384, 4096, 100, 300, 10 * slot, 256) == (3096, 28)   # window: 4096 - 1000; 20384000 // 709600
+    assert wave_plan(1000, 16384, 262144, 100, 300, 1500 * 100 + 1000 * 300, 256) == (500, 1)   # budget: 1500 - 1000
+    assert wave_plan(1000, 16384, 262144, 100, 300, 3000 * 100, 256) == (1, 1)     # not even the prefill: 1 token
+    assert wave_plan(1000, 16384, 262144, 100, 300, 1e15, 8) == (16384, 8)         # rows cap
     det = GenRMJudge(tiny_dirs["qwen3"], "cpu", max_new_tokens=16384)
     row = prepare_dapo.to_verl(DAPO_ROWS[:1], prepare_dapo.PRESETS["dapo"])[0]
     responses = ["\\boxed{2}", "so \\boxed{2}"]
-    prompt_len = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses)
-    det.cache_gb = (prompt_len + 6) * det.position_bytes / 2**30                  # one slot of the longest prompt + 6
-    with pytest.warns(UserWarning, match=f"critiques capped at 6 new tokens, not 16384: a {prompt_len}-token critic prompt"):
+    longest = max(len(det.tok.encode(det.prompt(row, r), add_special_tokens=False)) for r in responses)
+    det.cache_gb = ((longest + 6) * det.position_bytes + longest * det.prefill_bytes) / 2**30   # one slot, cap 6
+    with pytest.warns(UserWarning, match=f"critiques capped at 6 new tokens, not 16384: a {longest}-token critic prompt"):
         v = det([row, row], responses)
-    assert det.sampler.max_rows == 1 and det.sampler.cache_bytes == (prompt_len + 6) * det.position_bytes
+    assert det.sampler.max_rows == 1 and det.sampler.cache_bytes == (longest + 6) * det.position_bytes
     assert v.truncated == v.invalid == 2 and v.flawed == [False, False]   # 6 random tokens: cut, unparsable, not flawed
 
 
