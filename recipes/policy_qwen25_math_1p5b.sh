@@ -32,7 +32,8 @@
 #     short, and prompt + response stays inside Qwen2.5-Math-1.5B's 4096 positions (the authors
 #     stretch the 7B's to 32768 by editing config.json; we keep the model as published);
 #   * GenRM critiques get the authors' 16384 new tokens; a critique cut short has no verdict and
-#     counts as not flawed (judge_truncated in metrics.jsonl shows how often);
+#     counts as not flawed (judge_truncated in metrics.jsonl shows how often). Estimated, the judge
+#     then takes most of a FAPO step (recipes/README.md); GENRM_MAX_NEW=4096 trades cut critiques for time;
 #   * 200 steps, as the paper: 1.5B 200 x 128 = 25.6k prompts (1.5 passes over DAPO-Math-17k),
 #     7B 200 x 64 = 12.8k (the paper: 200 x 512).
 set -euo pipefail
@@ -55,7 +56,7 @@ GROUP=8
 MAX_NEW=3072
 OVERLONG=1536
 ROLLOUT_ROWS=128          # one wave: a GPU's 128 (1.5B) or 64 (7B) rollouts
-GENRM_MAX_NEW=16384       # the authors' critique cap
+GENRM_MAX_NEW=${GENRM_MAX_NEW:-16384}   # the authors' critique cap
 GENRM_ROWS=24             # at most this many critiques a judge wave
 GENRM_CACHE_GB=$CACHE_GB  # a judge wave's cache and prefill (GiB): as many critiques as fit, up to GENRM_ROWS
 MICRO_TOKENS=16384
