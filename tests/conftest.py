@@ -12,6 +12,11 @@ defaults, 0 and 1, would hide a missing bias or a skipped norm) so that greedy o
 are not one repeated token. The tokenizer has one token per byte plus <|endoftext|> (id
 256, the EOS), so any text round-trips and token i < 256 is byte i.
 """
+import multiprocessing
+import os
+import socket
+import traceback
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -24,6 +29,34 @@ VOCAB = 257
 # Tiny matrices: one thread is fastest, and it does not collapse when other processes
 # share the cores (two spinning OpenMP threads on a busy 2-core machine run ~10x slower).
 torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_process(target, rank, port, args):
+    try:
+        target(rank, port, *args)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)       # a forked child must not run pytest's teardown
+
+
+def fork_ranks(target, world_size, *args, timeout=60) -> list:
+    """Run target(rank, port, *args) in world_size forked CPU processes (gloo ranks: the caller
+    sets the torchrun variables it needs from rank and port); returns their exit codes, 0 where
+    target returned, 1 where it raised (its traceback printed)."""
+    port, ctx = free_port(), multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_rank_process, args=(target, r, port, args)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    return [p.exitcode for p in procs]
 
 
 def make_byte_tokenizer():

@@ -1,12 +1,9 @@
 """checkpoint.py (+ dist.py): atomic save, fallback to the last complete checkpoint, exact resume, graceful stop."""
 
-import multiprocessing
 import os
 import random
 import signal
-import socket
 import time
-import traceback
 
 import numpy as np
 import pytest
@@ -23,6 +20,7 @@ from fapo_mini.checkpoint import (
     set_rng_state,
 )
 from fapo_mini.dist import DistInfo
+from conftest import fork_ranks
 
 ONE = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -188,39 +186,25 @@ def test_graceful_stop_second_sigint_interrupts():
             time.sleep(0.05)
 
 
-def _rank_main(rank, world_size, port, run_dir):
-    try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        info = dist.setup()
-        assert (info.rank, info.world_size, info.is_main) == (rank, world_size, rank == 0)
-        total = dist.all_reduce_sum(torch.tensor([rank + 1.0]))
-        assert total.item() == sum(range(1, world_size + 1))
+def _rank_main(rank, port, world_size, run_dir):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    info = dist.setup()
+    assert (info.rank, info.world_size, info.is_main) == (rank, world_size, rank == 0)
+    total = dist.all_reduce_sum(torch.tensor([rank + 1.0]))
+    assert total.item() == sum(range(1, world_size + 1))
 
-        def write_model_rank(folder):
-            (folder / f"written_by_rank{rank}").write_text("")
+    def write_model_rank(folder):
+        (folder / f"written_by_rank{rank}").write_text("")
 
-        save_checkpoint(run_dir, 7, write_model_rank, {"step": 7}, {"rank": rank}, info)
-        assert latest_checkpoint(run_dir, world_size) is not None  # visible to every rank on return
-        dist.cleanup()
-    except BaseException:
-        traceback.print_exc()
-        os._exit(1)
-    os._exit(0)
+    save_checkpoint(run_dir, 7, write_model_rank, {"step": 7}, {"rank": rank}, info)
+    assert latest_checkpoint(run_dir, world_size) is not None  # visible to every rank on return
+    dist.cleanup()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="forks CPU ranks (gloo); CUDA must not be initialised")
 def test_two_ranks_save_one_checkpoint(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert fork_ranks(_rank_main, 2, 2, tmp_path) == [0, 0]
     ckpt = latest_checkpoint(tmp_path, world_size=2)
     assert ckpt == tmp_path / "ckpt" / "step_00000007"
     listed = (ckpt / "COMPLETE").read_text().splitlines()

@@ -8,12 +8,9 @@ loads and is still what `latest_checkpoint` picks; no partial folder is left. On
 ranks, a failure on one rank stops both instead of leaving the other waiting.
 """
 import errno
-import multiprocessing
 import os
 import re
-import socket
 import stat
-import traceback
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from safetensors.torch import save_file
 from fapo_mini import checkpoint, dist
 from fapo_mini.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from fapo_mini.errors import UserError, cli
+from conftest import fork_ranks
 from test_checkpoint import ONE, write_model
 
 REAL_SAVE = torch.save
@@ -155,39 +153,25 @@ def test_a_bug_while_saving_keeps_its_traceback(tmp_path):
 
 def _rank_main(rank, port, run_dir):
     """Saves step 1, then step 2 with rank 1's own file failing (ENOSPC); writes what each rank raised."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    info = dist.setup()
+    save_checkpoint(run_dir, 1, write_model, {"step": 1}, {"rank": rank}, info)
+    monkeypatch = pytest.MonkeyPatch()
+    failing_torch_save(monkeypatch, "rank1.pt", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     try:
-        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-        info = dist.setup()
-        save_checkpoint(run_dir, 1, write_model, {"step": 1}, {"rank": rank}, info)
-        monkeypatch = pytest.MonkeyPatch()
-        failing_torch_save(monkeypatch, "rank1.pt", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-        try:
-            save_checkpoint(run_dir, 2, write_model, {"step": 2}, {"rank": rank}, info)
-        except UserError as e:
-            (Path(run_dir) / f"raised_by_rank{rank}").write_text(str(e))
-        monkeypatch.undo()
-        dist.cleanup()
-    except BaseException:
-        traceback.print_exc()
-        os._exit(1)
-    os._exit(0)
+        save_checkpoint(run_dir, 2, write_model, {"step": 2}, {"rank": rank}, info)
+    except UserError as e:
+        (Path(run_dir) / f"raised_by_rank{rank}").write_text(str(e))
+    monkeypatch.undo()
+    dist.cleanup()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="forks CPU ranks (gloo); CUDA must not be initialised")
 def test_one_rank_failing_stops_both(tmp_path):
     """Rank 1's write fails while rank 0's succeed: both raise (neither waits for the other at a
     barrier), rank 1 with the cause, rank 0 pointing to it, and step 1 stays the newest."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_rank_main, args=(r, port, tmp_path)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert fork_ranks(_rank_main, 2, tmp_path) == [0, 0]
     first = tmp_path / "ckpt" / "step_00000001"
     tail = f"; the partial checkpoint is removed and the last complete one, {first}, is kept: "
     head = f"{tmp_path}/ckpt/step_00000002: cannot save this checkpoint: "

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from conftest import free_port
 from fapo_mini import dist, grpo, sft, toycritic, toyworld, update
 from fapo_mini.model import load_model, save_model
 from fapo_mini.sampler import Sampler, SamplingParams
@@ -241,12 +241,6 @@ def one_process_order(n, mini_batches):
     for j, pos in enumerate(torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()):
         order[pos] = s[j]
     return order
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_two_ranks_equal_one_process(model_dir, tok, tmp_path):

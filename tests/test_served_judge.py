@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_hf_model
+from conftest import free_port, make_hf_model
 from fapo_mini import toycritic, toyworld
 from fapo_mini.errors import UserError
 from fapo_mini.judge import GenRMJudge, JudgeUnavailable, Verdicts
@@ -52,12 +51,6 @@ def math_rows_and_responses():
     rows = prepare_dapo.to_verl(DAPO[:2], prepare_dapo.PRESETS["dapo"])
     return rows, ["2^10 = 1024 = 7 * 146 + 2, so the remainder is \\boxed{2}.",
                   "36 = 2^2 3^2 has (2+1)(2+1) divisors: \\boxed{9}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- a scripted server
