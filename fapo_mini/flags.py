@@ -57,6 +57,9 @@ def add_common_args(ap):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--report-to", default="none", choices=tracking.REPORT_TO, type=tracking.report_to_arg,
                    help="also log to (metrics.jsonl always)")
+    g.add_argument("--dist-timeout", type=float, default=60.0,
+                   help="minutes a rank waits for the others at a collective before the run is ended (the judge "
+                        "and the sampler run apart on each rank, so the slowest sets the wait)")
     return ap
 
 
@@ -74,5 +77,9 @@ def add_eval_args(ap):
 # flags that may change when a run is resumed; every other flag must match the checkpoint
 RESUMABLE = ("steps", "save_every", "keep", "fresh", "out", "micro_tokens", "grad_checkpointing", "report_to",
              "cuda_graphs", "eval_data", "eval_every", "eval_n", "eval_temperature", "eval_top_p",
-             "genrm_cache_gb",                                                   # a judge that ran out of memory
-             "genrm_url", "genrm_concurrency", "genrm_timeout", "genrm_retries")   # a served judge may move
+             "genrm_cache_gb",      # a judge that ran out of memory (a smaller budget can also shorten
+                                    # the critique cap and regroup the waves: other verdicts from then on)
+             "genrm_url", "genrm_concurrency", "genrm_timeout", "genrm_retries",   # a served judge may move
+             "dist_timeout")
+# flags since removed: a checkpoint that saved one still resumes (its value is not compared)
+RETIRED = ("genrm_cache_tokens",)

@@ -62,16 +62,25 @@ AUTO_SHARE = 0.5      # the automatic KV budget: this share of the memory free a
 
 def free_bytes(device) -> int:
     """Memory the judge's device has free now: on CUDA what the driver reports plus what torch's
-    allocator holds unused; on CPU the kernel's MemAvailable (Linux), else the free pages."""
+    allocator holds unused; on CPU the kernel's MemAvailable (Linux), else the free pages, and
+    no more than the container's cgroup (v2) allows."""
     import torch
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
         with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit != "max":
+                free = min(free, int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 def wave_plan(longest_prompt: int, max_new: int, window: int, position_bytes: int, prefill_bytes: int,

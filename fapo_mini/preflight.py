@@ -8,6 +8,7 @@ line that names the path, the row and the field (fapo_mini/errors.py).
 Simplified away: anything that needs the weights (load_model checks those as it
 reads them) and per-step checks (the reward functions trust rows checked here).
 """
+import math
 from pathlib import Path
 
 from fapo_mini.data import get_field
@@ -117,6 +118,7 @@ TRAINER_RANGES = tuple((flag, at_least(1), ">= 1") for flag in (
     ("keep", at_least(1), ">= 1"),
     ("warmup", at_least(0), ">= 0"),
     ("lr", lambda v: v > 0, "> 0"),
+    ("dist_timeout", lambda v: math.isfinite(v) and v > 0, "> 0 (minutes)"),
     ("weight_decay", at_least(0), ">= 0"),
     ("kl_coef", at_least(0), ">= 0 (0 = no reference model)"),
     ("tis_cap", at_least(0), ">= 0 (0 = off)"),

@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from fapo_mini import dist, grpo, parallel, tracking
-from fapo_mini.flags import RESUMABLE
+from fapo_mini.flags import RESUMABLE, RETIRED
 from fapo_mini.checkpoint import (GracefulStop, check_config, latest_checkpoint, load_sharded, load_state,
                                   rng_state, save_checkpoint, set_rng_state)
 from fapo_mini.data import batch_indices, shard
@@ -183,7 +183,7 @@ def start(args, info: dist.DistInfo, generators) -> Run:
 def restore(args, info, run: Run, ckpt: Path, generators) -> None:
     """Optimizer, scheduler, RNG states and step from `ckpt`; the weights were loaded from it already."""
     state, rank_state = load_state(ckpt, info.rank)
-    check_config(state["config"], run.config, ignore=RESUMABLE, paths=("model", "data", "genrm"))
+    check_config(state["config"], run.config, ignore=RESUMABLE + RETIRED, paths=("model", "data", "genrm"))
     # AdamW's moments follow our parameters (fused qkv_proj, gate_up_proj), not the model folder's HF names
     if state.get("params") != [name for name, _ in run.model.named_parameters()]:
         why = "saved before q/k/v and gate/up were fused" if "params" not in state else "saved for other parameters"

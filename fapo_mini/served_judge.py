@@ -10,7 +10,7 @@ judge.GenRMJudge, judge(rows, responses) -> judge.Verdicts, and asks exactly wha
     /v1/chat/completions as one user turn, so the server applies the GenRM's own chat template
     (GenRMJudge applies the tokenizer's); a task without (the toy world) goes to /v1/completions
     as raw text, with no special tokens added (GenRMJudge encodes with add_special_tokens=False);
-  * the verdict is genrm.policy_verdict of the critique; `cut` = finish_reason "length";
+  * the verdict is genrm.policy_verdict of the critique; `truncated` = finish_reason "length";
   * greedy (temperature 0) sends one request per distinct prompt text and maps the verdicts back
     to the rollouts; sampling sends one request per rollout;
   * the sampling is set in full in each request (top_p 1, top_k off, min_p 0, no repetition
@@ -96,7 +96,7 @@ class ServedJudge:
     for its answer; retries: tries after the first on a connection error, timeout, 5xx or 429,
     waiting backoff, 2 x backoff, ... seconds in between."""
 
-    def __init__(self, url: str, model: str | None = None, max_new_tokens: int = 256, temperature: float = 0.0,
+    def __init__(self, url: str, model: str | None = None, max_new_tokens: int = 16384, temperature: float = 0.0,
                  concurrency: int = 16, timeout: float = 600.0, retries: int = 5, backoff: float = 1.0):
         url = url.rstrip("/")
         self.url = url[:-3] if url.endswith("/v1") else url

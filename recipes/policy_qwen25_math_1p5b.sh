@@ -58,7 +58,7 @@ OVERLONG=1536
 ROLLOUT_ROWS=128          # one wave: a GPU's 128 (1.5B) or 64 (7B) rollouts
 GENRM_MAX_NEW=${GENRM_MAX_NEW:-16384}   # the authors' critique cap
 GENRM_ROWS=24             # at most this many critiques a judge wave
-GENRM_CACHE_GB=$CACHE_GB  # a judge wave's cache and prefill (GiB): as many critiques as fit, up to GENRM_ROWS
+GENRM_CACHE_GB=${GENRM_CACHE_GB:-$CACHE_GB}   # a judge wave's cache and prefill (GiB, sized for an H100-80GB)
 MICRO_TOKENS=16384
 STEPS=${STEPS:-200}
 

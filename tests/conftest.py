@@ -49,13 +49,16 @@ def _rank_process(target, rank, port, args):
 def fork_ranks(target, world_size, *args, timeout=60) -> list:
     """Run target(rank, port, *args) in world_size forked CPU processes (gloo ranks: the caller
     sets the torchrun variables it needs from rank and port); returns their exit codes, 0 where
-    target returned, 1 where it raised (its traceback printed)."""
+    target returned, 1 where it raised (its traceback printed), -9 where it hung past `timeout`."""
     port, ctx = free_port(), multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_rank_process, args=(target, r, port, args)) for r in range(world_size)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=timeout)
+        if p.exitcode is None:          # hung: kill it, so the test fails instead of waiting at exit
+            p.kill()
+            p.join()
     return [p.exitcode for p in procs]
 
 

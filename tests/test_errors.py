@@ -424,7 +424,8 @@ def test_rollout_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, l
                                              ("--tis-cap", "-1", "--tis-cap must be >= 0 (0 = off), got -1.0"),
                                              ("--temperature", "0", "--temperature must be > 0 (training samples"),
                                              ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
-                                             ("--overlong-buffer", "500", "--overlong-buffer 500 must be <= --max-new-tokens 128")])
+                                             ("--overlong-buffer", "500", "--overlong-buffer 500 must be <= --max-new-tokens 128"),
+                                             ("--dist-timeout", "0", "--dist-timeout must be > 0 (minutes), got 0.0")])
 def test_trainer_flag_ranges(monkeypatch, capsys, tmp_path, dirs, main, script, data, flag, value, line):
     argv = [script, "--model", str(dirs["good"]), "--data", str(dirs[data]), "--out", str(tmp_path / "o"), flag, value]
     status, last = run_cli(monkeypatch, capsys, main, argv + (["--judge", "none"] if data == "policy" else []))
@@ -435,7 +436,8 @@ def test_trainer_flag_ranges(monkeypatch, capsys, tmp_path, dirs, main, script, 
 @pytest.mark.parametrize("flag,value,line", [("--genrm-max-rows", "0", "--genrm-max-rows must be >= 1, got 0"),
                                              ("--genrm-max-new-tokens", "0", "--genrm-max-new-tokens must be >= 1, got 0"),
                                              ("--genrm-temperature", "-1", "--genrm-temperature must be >= 0"),
-                                             ("--genrm-cache-gb", "-1", "--genrm-cache-gb must be >= 0")])
+                                             ("--genrm-cache-gb", "-1", "--genrm-cache-gb must be >= 0"),
+                                             ("--genrm-cache-gb", "inf", "--genrm-cache-gb must be >= 0 (0 = half the memory free")])
 def test_train_policy_genrm_flag_ranges(monkeypatch, capsys, tmp_path, dirs, flag, value, line):
     argv = ["train_policy.py", "--model", str(dirs["good"]), "--data", str(dirs["policy"]), "--out", str(tmp_path / "o"),
             "--judge", "genrm", "--genrm", str(dirs["good"]), flag, value]

@@ -6,6 +6,7 @@ with tiny random models of the real architectures (recipes/tiny_model.py) and lo
 hyper-parameters as the trainer recorded them, the sampler-vs-trainer log-prob gap, the
 warm-up learning rate after two updates, row counts, and exact converted prompt text.
 """
+import io
 import json
 import os
 import shutil
@@ -321,8 +322,18 @@ def test_genrm_judge_cap_is_what_the_window_or_budget_holds(tiny_dirs):
     assert v.truncated == v.invalid == 2 and v.flawed == [False, False]   # 6 random tokens: cut, unparsable, not flawed
 
 
-def test_free_bytes_on_cpu_is_the_kernels_available_memory():
-    from fapo_mini.judge import free_bytes
+def test_free_bytes_on_cpu_is_the_kernels_available_memory(monkeypatch):
+    """MemAvailable from /proc/meminfo, and no more than a cgroup v2 limit leaves (a container)."""
+    import builtins
+    from fapo_mini import judge
     meminfo = dict(line.split(":") for line in Path("/proc/meminfo").read_text().splitlines())
     available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    assert abs(free_bytes("cpu") - available) < 0.05 * available      # read moments apart
+    assert abs(judge.free_bytes("cpu") - available) < 0.05 * available      # read moments apart
+
+    def container(limit):                      # /sys/fs/cgroup as a container with that memory.max sees it
+        files = {"/sys/fs/cgroup/memory.max": limit, "/sys/fs/cgroup/memory.current": "3000000000\n"}
+        return lambda path, *a, **k: io.StringIO(files[path]) if path in files else builtins.open(path, *a, **k)
+    monkeypatch.setattr(judge, "open", container("3500000000\n"), raising=False)
+    assert judge.free_bytes("cpu") == 500_000_000                            # 3.5 GB allowed, 3 GB used
+    monkeypatch.setattr(judge, "open", container("max\n"), raising=False)
+    assert abs(judge.free_bytes("cpu") - available) < 0.05 * available      # no limit: MemAvailable

@@ -72,8 +72,8 @@ def answer_6_rows(path, n=8):
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """Run 2 steps (a checkpoint after each), note what they left, delete the step-2 checkpoint
-    (as if killed after logging step 2, before saving it), then run the same command again, with
-    a --genrm-cache-gb of its own: it resumes at step 1. Returns (out, the uninterrupted run's metrics, weights, rank state,
+    (as if killed after logging step 2, before saving it), give step 1's saved config a retired
+    flag, then run the same command again, with a --genrm-cache-gb of its own: it resumes at step 1. Returns (out, the uninterrupted run's metrics, weights, rank state,
     the GenRM generator state saved at step 1, the resumed run's stdout)."""
     root = tmp_path_factory.mktemp("resume_genrm")
     policy, genrm = bigram_folder(root / "policy", POLICY), bigram_folder(root / "genrm", GENRM)
@@ -90,6 +90,9 @@ def resumed(tmp_path_factory):
                  torch.load(step2 / "rank0.pt", weights_only=True))
     saved = torch.load(step1 / "rank0.pt", weights_only=True)["rng"]["generators"]["genrm"]
     shutil.rmtree(step2)
+    state = torch.load(step1 / "state.pt", weights_only=True)
+    state["config"]["genrm_cache_tokens"] = 0           # as a checkpoint saved before that flag was retired
+    torch.save(state, step1 / "state.pt")
     res = run(argv + ["--genrm-cache-gb", "1"])         # a memory knob may change on resume (here it binds nothing)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, *reference, saved, res.stdout
