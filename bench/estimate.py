@@ -13,7 +13,9 @@ sampler's refill (fapo_mini/slots.py), the judge's wave plan (one dense slot of 
 + cap positions per critique, as many as fit --genrm-cache-gb), what the trainer keeps (DDP buckets,
 FSDP2 shards, the rollout copy, the recomputed old log-probs). What is assumed: everything in
 `Assumptions` (hardware rates, response lengths, accuracy), each a flag. A JSON of bench/gpu_check.py
-from a real GPU replaces the modelled decode step of the 1.5B-shaped sampler by its measurement.
+from a real GPU replaces modelled decode steps by measured ones, per use and model shape: its
+sampler_R parts the policy sampler's steps of the 1.5B shape, its judge part the judge's steps of
+the Qwen3-4B GenRM (MEASURED_SHAPES).
 """
 import argparse
 import dataclasses
@@ -94,7 +96,10 @@ QWEN25_MATH_7B = ("Qwen2.5-Math-7B", _cfg("qwen2", 3584, 18944, 28, 28, 4, 15206
 QWEN3_1P7B = ("Qwen3-1.7B", _cfg("qwen3", 2048, 6144, 28, 16, 8, 151936, True, 40960))
 QWEN3_4B_INSTRUCT_2507 = ("Qwen3-4B-Instruct-2507", _cfg("qwen3", 2560, 9728, 36, 32, 8, 151936, True, 262144))
 MODELS = (QWEN25_MATH_1P5B, QWEN25_MATH_7B, QWEN3_1P7B, QWEN3_4B_INSTRUCT_2507)
-MEASURED_SHAPE = QWEN25_MATH_1P5B[0]      # bench/gpu_check.py's sampler model has this shape
+# bench/gpu_check.py's parts -> (use, the model shape its measurements stand for): the sampler_R parts
+# time the policy sampler at the 1.5B shape (lm_head untied), the judge part the GenRM judge at 4B.
+# A part's "shape" field, where it has one, names the model instead.
+MEASURED_SHAPES = {"sampler": QWEN25_MATH_1P5B[0], "judge": QWEN3_4B_INSTRUCT_2507[0]}
 
 
 # ---------------------------------------------------------------- recipe knobs (= the scripts' defaults)
@@ -197,21 +202,34 @@ def ops_per_step(model) -> tuple[float, float, float]:
 # ---------------------------------------------------------------- measured decode steps (bench/gpu_check.py)
 
 def read_gpu_check(path) -> dict:
-    """{"eager": {rows: ms}, "cuda_graphs": {rows: ms}, "device": str, "note": str} from a gpu_check JSON;
-    empty modes where it has none (a failed part, or a CPU run at tiny sizes: not the 1.5B shape)."""
+    """From a gpu_check JSON: {"sampler": {shape: entry}, "judge": {shape: entry}, "device", "path", "note"},
+    entry = {"eager": {rows: ms}, "cuda_graphs": {rows: ms}, "context": what its prompts / slots were}.
+    A mode's passed runs only; nothing from a CPU run at tiny sizes (not the models' shapes)."""
     report = json.loads(Path(path).read_text())
-    out = {"eager": {}, "cuda_graphs": {}, "device": report.get("device", "?"), "path": str(path), "note": ""}
+    out = {"sampler": {}, "judge": {}, "device": report.get("device", "?"), "path": str(path), "note": ""}
     if report.get("tiny") or not report.get("cuda", True):
-        out["note"] = "tiny sizes (no CUDA): not the 1.5B shape, not used"
+        out["note"] = "tiny sizes (no CUDA): not the models' shapes, not used"
         return out
-    for name, part in (report.get("parts") or {}).items():
-        if not name.startswith("sampler_") or not isinstance(part, dict):
-            continue
-        rows = part.get("rows") or int(name.split("_")[1])
+
+    def add(use, part, rows, runs, context):
+        entry = out[use].setdefault(part.get("shape") or MEASURED_SHAPES[use],
+                                    {"eager": {}, "cuda_graphs": {}, "context": context})
         for mode in ("eager", "cuda_graphs"):
-            r = part.get(mode) or {}
+            r = runs.get(mode) or {}
             if r.get("status") == "pass" and isinstance(r.get("ms_per_decode_step"), (int, float)):
-                out[mode][int(rows)] = float(r["ms_per_decode_step"])
+                entry[mode][int(rows)] = float(r["ms_per_decode_step"])
+
+    for name, part in (report.get("parts") or {}).items():
+        if not isinstance(part, dict):
+            continue
+        if name.startswith("sampler_"):
+            add("sampler", part, part.get("rows") or int(name.split("_")[1]), part,
+                f"gpu_check's prompts are {part.get('prompt_len', 256)} tokens")
+        elif name == "judge":
+            for rows, runs in (part.get("by_rows") or {}).items():
+                add("judge", part, rows, runs if isinstance(runs, dict) else {},
+                    f"gpu_check's critic prompts are {part.get('prompt_len', '?')} tokens in slots of "
+                    f"{part.get('slot_positions', '?')} positions")
     return out
 
 
@@ -229,9 +247,11 @@ def interpolate(points: dict, x: float) -> tuple[float, str]:
 
 # ---------------------------------------------------------------- time
 
-def decode_step(model, slots, live_tokens, a: Assumptions, measured=None) -> tuple[float, str]:
+def decode_step(model, slots, live_tokens, a: Assumptions, measured=None, use="sampler") -> tuple[float, str]:
     """(seconds, how) of one decode step of `slots` live rows holding `live_tokens` positions each:
-    max(launch-bound, bytes read (bf16 weights + the live KV) / HBM, 2N FLOPs per row / (MFU x peak))."""
+    max(launch-bound, bytes read (bf16 weights + the live KV) / HBM, 2N FLOPs per row / (MFU x peak)).
+    Where `measured` (read_gpu_check) has steps of this use ("sampler" or "judge") and model shape in
+    this mode: those, interpolated in rows, and at least the HBM and compute times."""
     ops, views, loop = ops_per_step(model)
     if a.cuda_graphs:   # kernels back to back in the graph; the host still runs the sampler loop eagerly
         launch = max((ops - views) * a.graph_us_per_op, loop * a.eager_us_per_op) * 1e-6
@@ -240,14 +260,16 @@ def decode_step(model, slots, live_tokens, a: Assumptions, measured=None) -> tup
     memory = (2 * n_params(model) + slots * live_tokens * kv_bytes_per_token(model)) / (a.hbm_tb_s * 1e12)
     compute = 2 * n_params(model) * slots / (a.mfu * a.peak_tflops * 1e12)
     mode = "cuda_graphs" if a.cuda_graphs else "eager"
-    if measured and model[0] == MEASURED_SHAPE and measured[mode]:
-        ms, note = interpolate(measured[mode], slots)
+    points = ((measured or {}).get(use) or {}).get(model[0], {}).get(mode)
+    if points:
+        ms, note = interpolate(points, slots)
         return max(ms * 1e-3, memory, compute), f"measured{note}"
     bound = max((launch, "launch"), (memory, "HBM"), (compute, "compute"))
     return bound[0], bound[1]
 
 
-def sampler_call(model, rows, max_rows, prompt_mean, resp_mean, cap, distinct_prompts, a, measured=None) -> dict:
+def sampler_call(model, rows, max_rows, prompt_mean, resp_mean, cap, distinct_prompts, a, measured=None,
+                 use="sampler") -> dict:
     """One Sampler.generate call of `rows` rows in slots = min(max_rows, rows) slots. Decode steps, an
     estimate: while rows wait, every slot is busy, (rows - slots) x mean / slots steps; then the last
     rows run to the cap (early in training some row reaches it). Each refill (at most one per
@@ -258,7 +280,7 @@ def sampler_call(model, rows, max_rows, prompt_mean, resp_mean, cap, distinct_pr
     queue_steps = max(0, rows - slots) * mean / slots
     steps = queue_steps + cap
     fills = 1 + min(max(0, rows - slots), math.ceil(queue_steps / a.check_every))
-    step_s, how = decode_step(model, slots, prompt_mean + mean / 2, a, measured)
+    step_s, how = decode_step(model, slots, prompt_mean + mean / 2, a, measured, use)
     prefill_s = (2 * n_params(model) * distinct_prompts * prompt_mean / (a.mfu * a.peak_tflops * 1e12)
                  + fills * step_s)
     return dict(rows=rows, slots=slots, steps=steps, step_s=step_s, how=how, fills=fills,
@@ -351,7 +373,7 @@ def judge(genrm, resident, critiques, longest, prompt_mean, max_new, max_rows, c
     cache = slots * (longest + cap) * kv_bytes_per_token(genrm)
     transient = prefill_bytes(genrm, slots * longest) + sampling_extras(genrm, slots, critiques, cap, a)
     call = sampler_call(genrm, max(1, critiques), slots, prompt_mean, min(a.critique_mean, cap), cap, critiques,
-                        a, measured)
+                        a, measured, use="judge")
     return dict(cap=cap, slots=slots, budget=budget, budget_how=how, cache=cache, transient=transient,
                 peak=resident + cache + transient, critiques=critiques, call=call, seconds=call["seconds"])
 
@@ -673,17 +695,24 @@ def report(a: Assumptions, measured=None) -> str:
              f"(auto share {JUDGE_AUTO_SHARE:g}), the recipes' knobs (tests/test_estimate.py checks them against "
              f"recipes/*.sh). Mean lengths, accuracy, rates and launch costs are assumptions.")
     if measured:
-        pts = lambda m: ", ".join(f"{r} rows {ms:.2f} ms" for r, ms in sorted(measured[m].items())) or "none"
         L.append("")
-        L.append(f"Measured ({measured['path']}, {measured['device']}{'; ' + measured['note'] if measured['note'] else ''}): "
-                 f"ms per decode step of the 1.5B-shaped sampler, eager: {pts('eager')}; CUDA graphs: "
-                 f"{pts('cuda_graphs')}. † cells use them for {MEASURED_SHAPE} (interpolated in rows, at least the "
-                 f"HBM time of the real context: gpu_check's prompts are 256 tokens).")
-        if measured["eager"]:
-            ops = ops_per_step(QWEN25_MATH_1P5B)[0]
-            us = {r: 1e3 * ms / ops for r, ms in measured["eager"].items()}
-            L.append(f"The eager measurements imply {', '.join(f'{v:.1f} µs' for _, v in sorted(us.items()))} per op "
-                     f"({ops:.0f} ops a step); `--eager-us-per-op` applies such a value to the other models.")
+        L.append(f"Measured ({measured['path']}, {measured['device']}{'; ' + measured['note'] if measured['note'] else ''}):"
+                 + ("" if measured["sampler"] or measured["judge"] else " no decode steps of these shapes."))
+        for use, what in (("sampler", "the policy sampler's"), ("judge", "the GenRM judge's")):
+            for name, e in measured[use].items():
+                pts = lambda m: ", ".join(f"{r} rows {ms:.2f} ms" for r, ms in sorted(e[m].items())) or "none"
+                model = (name, _by_key[name]) if name in _by_key else None
+                L.append(f"ms per decode step of {what} {name}-shaped model, eager: {pts('eager')}; CUDA graphs: "
+                         f"{pts('cuda_graphs')}. "
+                         + (f"† {use} cells of {name} use them (interpolated in rows, clamped outside them, at least "
+                            f"the HBM time of the real context: {e['context']})." if model else
+                            "No model here has that shape: not used."))
+                if model and e["eager"]:
+                    ops = ops_per_step(model)[0]
+                    us = {r: 1e3 * ms / ops for r, ms in e["eager"].items()}
+                    L.append(f"The eager measurements imply {', '.join(f'{v:.1f} µs' for _, v in sorted(us.items()))} "
+                             f"per op ({ops:.0f} ops a step); `--eager-us-per-op` applies such a value to the "
+                             f"unmeasured models.")
     command = ("python bench/estimate.py" + (" --cuda-graphs" if a.cuda_graphs else "")
                + (f" --gpu-check {measured['path']}" if measured else ""))
     head = (f"**Every number below is an estimate** (`{command}`, commit {commit()}, torch {torch.__version__}): "

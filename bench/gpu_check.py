@@ -1,6 +1,8 @@
-"""One GPU check, for the day a GPU is lent: CUDA tests, the sampler at 1.5B size, 2 RL steps at 0.5B.
+"""One GPU check, for the day a GPU is lent: CUDA tests, the sampler at 1.5B size, 2 RL steps at 0.5B,
+the GenRM judge's decode step at 4B size.
 
-usage: python bench/gpu_check.py [--out gpu_check.json] [--budget-s 450]      (bench/gpu_check.sh runs this)
+usage: python bench/gpu_check.py [--out gpu_check.json] [--budget-s 450] [--parts judge]
+       (bench/gpu_check.sh runs this; --parts picks some of: tests,calibrate,sampler,train,judge)
 
 Needs torch with CUDA and transformers; installs nothing and uses no network. Every part runs in
 its own subprocess with a timeout (a hang, an OOM or a crash is recorded, the next part still
@@ -20,12 +22,26 @@ runs), and the driver stops starting parts when --budget-s is spent. Parts, in o
              sampler.cache_bytes when the sampler sets it
   train      toy-world data (python -m fapo_mini.toyworld world), a random Qwen2-shaped model on
              its tokenizer, 2 steps of train_policy.py --judge oracle; its metrics.jsonl lines
+  judge      only when at least --judge-min-s of the budget is left (else "skipped"): the in-process
+             GenRM judge's decode step. Rows: the slots of one wave that fapo_mini.judge.wave_plan
+             gives the 1.5B policy recipe's judge (its GENRM_CACHE_GB, GENRM_ROWS, GENRM_MAX_NEW cap
+             16384; critic prompts of 628 + MAX_NEW 3072 = 3700 tokens: bench/estimate.py's numbers),
+             then 16 (--judge-rows overrides). Per rows, one distinct random prompt of --judge-prompt-len
+             tokens a row, greedy like the judge, every cache slot as long as the judge's (prompt +
+             cap positions, so a CUDA graph's attention spans what the judge's does); eager and, when
+             Sampler takes `cuda_graphs`, with cuda_graphs=True: ms per decode step measured as in
+             sampler_R (129 tokens minus 1 token, over 128 steps, never EOS), the attention backend,
+             peak GPU memory (weights included), sampler.cache_bytes. The JSON is rewritten after each
+             measurement, so a timeout keeps the ones done
 
 Sizes on CUDA: the sampler model is Qwen2.5-1.5B-shaped (hidden 1536, 28 layers, 12 / 2 heads,
 head_dim 128, MLP 8960, vocab 151936) in bf16 but with an untied lm_head (the EOS row is scaled
 alone), random N(0, 0.02) weights, seed 0; the train model is Qwen2.5-0.5B-shaped (hidden 896,
-24 layers, 14 / 2 heads, MLP 4864, tied) on the toy vocabulary. Without CUDA every part runs at
-tiny sizes on CPU so the script itself is checked; the JSON says "tiny": true. The JSON's
+24 layers, 14 / 2 heads, MLP 4864, tied) on the toy vocabulary; the judge model is Qwen3-4B-
+Instruct-2507-shaped (hidden 2560, 36 layers, 32 / 8 heads, head_dim 128, MLP 9728, vocab 151936,
+tied, qwen3 QK-norm) in bf16, random N(0, 0.02) weights, seed 0: 8.0 GB of weights, and at 16
+rows a 47 GB cache (16 x 20084 positions x 144 KiB). Without CUDA every part runs at tiny sizes on
+CPU so the script itself is checked; the JSON says "tiny": true. The JSON's
 "attention" says which kernels import (flash-attn; torch's varlen_attn, or why it is not used).
 It uses no torch API newer than 2.11, the GPU machine's torch (run here on 2.13 only).
 Exit status: 0 when every part passed, 1 otherwise (on CPU a missing tests/test_cuda.py is not a failure).
@@ -46,6 +62,11 @@ TRAIN_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24
                    num_key_value_heads=2, head_dim=64)
 TINY_SAMPLER = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+JUDGE_SHAPE = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128)
+TINY_JUDGE = dict(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+SAMPLER_NAME, JUDGE_NAME = "Qwen2.5-Math-1.5B", "Qwen3-4B-Instruct-2507"   # bench/estimate.py's model names
 TINY_TRAIN = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1, head_dim=32)
 N_PER_PROMPT = 8
@@ -60,11 +81,11 @@ def sync():
         torch.cuda.synchronize()
 
 
-def sampler_model(shape, seed=0):
-    """The random sampler model (untied lm_head, qwen2 layout), on the device in the compute dtype."""
+def sampler_model(shape, seed=0, model_type="qwen2", tied=False):
+    """The random sampler model (by default untied lm_head, qwen2 layout), on the device in the compute dtype."""
     from fapo_mini.model import ModelConfig, Qwen
     device, dtype = device_and_dtype()
-    cfg = ModelConfig(**shape, model_type="qwen2", rope_theta=1e6, tie_word_embeddings=False)
+    cfg = ModelConfig(**shape, model_type=model_type, rope_theta=1e6, tie_word_embeddings=tied)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen(cfg)
@@ -120,7 +141,8 @@ def part_sampler(a):
     modes = ["eager"] + (["cuda_graphs"] if has_graphs and CUDA else [])
     n = N_PER_PROMPT if not a.tiny else 4
     rows = a.rows
-    out = {"rows": rows, "modes": modes, "cuda_graphs_argument": has_graphs, "prompt_len": a.prompt_len,
+    out = {"rows": rows, "shape": "tiny" if a.tiny else SAMPLER_NAME, "lm_head": "untied",
+           "modes": modes, "cuda_graphs_argument": has_graphs, "prompt_len": a.prompt_len,
            "new_tokens": a.new_tokens, "samples_per_prompt": n, "attention": attention_used(model)}
     for mode in modes:
         kw = {"cuda_graphs": True} if mode == "cuda_graphs" else {}
@@ -206,7 +228,93 @@ def part_train(a):
             "seconds": seconds, "metrics": metrics, "output_tail": (p.stdout + p.stderr)[-3000:]}
 
 
-PARTS = {"calibrate": part_calibrate, "sampler": part_sampler, "train": part_train}
+def judge_defaults(a):
+    """(prompt tokens, cap, rows list, the plan) of the judge part: bench/estimate.py's 1.5B policy
+    recipe (POLICY_1P5B, the longest critic prompt critic_overhead_max + MAX_NEW) through the
+    judge's own wave_plan; tiny sizes without CUDA."""
+    if a.tiny:
+        return a.judge_prompt_len or 32, a.judge_cap or 256, a.judge_rows or [2, 4], None
+    from estimate import POLICY_1P5B, QWEN3_4B_INSTRUCT_2507, Assumptions, judge_plan
+    prompt = a.judge_prompt_len or Assumptions().critic_overhead_max + POLICY_1P5B["MAX_NEW"]     # 628 + 3072
+    cap = a.judge_cap or POLICY_1P5B["GENRM_MAX_NEW"]
+    gb, max_rows = POLICY_1P5B["GENRM_CACHE_GB"], POLICY_1P5B["GENRM_ROWS"]
+    plan_cap, slots = judge_plan(QWEN3_4B_INSTRUCT_2507, prompt, cap, max_rows, gb * 2**30)
+    plan = {"recipe": "policy_qwen25_math_1p5b.sh", "genrm_cache_gb": gb, "genrm_rows": max_rows,
+            "cap": plan_cap, "slots": slots}
+    return prompt, cap, a.judge_rows or sorted({slots, 16}), plan
+
+
+def part_judge(a):
+    """The GenRM judge's decode step: a random Qwen3-4B-shaped model behind our Sampler, one distinct
+    prompt a row (n=1, greedy), every slot prompt + cap positions long like the judge's waves."""
+    import gc
+    import fapo_mini.sampler as sampler_module
+    from fapo_mini.sampler import Sampler, SamplingParams
+    from fapo_mini.slots import Slots
+    from workloads import word_tokenizer
+    shape = TINY_JUDGE if a.tiny else JUDGE_SHAPE
+    V = shape["vocab_size"]
+    prompt_len, cap, rows_list, plan = judge_defaults(a)
+    slot_len = prompt_len + max(cap, 129)                # at least what the 129-token run needs
+
+    def judge_slots(cfg, B, L, dtype, device, R):       # the judge's slot length, whatever max_new_tokens is
+        return Slots(cfg, B, max(L, slot_len), dtype, device, R)
+
+    sampler_module.Slots = judge_slots                   # this subprocess only
+    model = sampler_model(shape, model_type="qwen3", tied=True)
+    if CUDA:
+        torch.cuda.empty_cache()
+    tok = word_tokenizer(V, V)                           # EOS id V: outside the vocabulary, never sampled
+    has_graphs = "cuda_graphs" in inspect.signature(Sampler).parameters
+    modes = ["eager"] + (["cuda_graphs"] if has_graphs and CUDA else [])
+    out = {"status": "running", "shape": "tiny" if a.tiny else JUDGE_NAME, "lm_head": "tied", "rows": rows_list,
+           "plan": plan, "prompt_len": prompt_len, "cap": cap, "slot_positions": slot_len, "temperature": 0.0,
+           "modes": modes, "cuda_graphs_argument": has_graphs, "attention": attention_used(model),
+           "weights_bytes": sum(p.numel() * p.element_size() for p in model.parameters()), "by_rows": {}}
+
+    def save():                                          # what is done so far survives a timeout
+        Path(a.part_out).write_text(json.dumps(out, indent=2))
+
+    save()
+    for rows in rows_list:
+        for mode in modes:
+            kw = {"cuda_graphs": True} if mode == "cuda_graphs" else {}
+            r = out["by_rows"].setdefault(str(rows), {})[mode] = {"status": "running"}
+            fixed = None
+            try:
+                fixed = Sampler(model, tok, max_rows=rows, **kw)
+                ps = prompts_for(rows, prompt_len, V, V - 1, seed=4)
+                if CUDA:
+                    torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                fixed.generate(ps, SamplingParams(n=1, temperature=0.0, max_new_tokens=8))   # warm-up (graph capture, if any)
+                sync()
+                r["warmup_s"] = time.perf_counter() - t
+                times = {}
+                for new in (1, 129):
+                    sync()
+                    t = time.perf_counter()
+                    fixed.generate(ps, SamplingParams(n=1, temperature=0.0, max_new_tokens=new))
+                    sync()
+                    times[new] = time.perf_counter() - t
+                r.update(prefill_s=times[1], ms_per_decode_step=1000 * (times[129] - times[1]) / 128,
+                         cache_bytes=getattr(fixed, "cache_bytes", None), status="pass")
+                if CUDA:
+                    r["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+            except Exception as e:                       # the next mode / rows still run
+                r.update(status="fail", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-3000:])
+            del fixed
+            gc.collect()
+            if CUDA:
+                torch.cuda.empty_cache()
+            save()
+    runs = [m for by in out["by_rows"].values() for m in by.values()]
+    out["status"] = "pass" if all(m["status"] == "pass" for m in runs) else "fail"
+    return out
+
+
+PARTS = {"calibrate": part_calibrate, "sampler": part_sampler, "train": part_train, "judge": part_judge}
+ALL_PARTS = ("tests", "calibrate", "sampler", "train", "judge")
 
 
 def run_part(a):
@@ -242,8 +350,12 @@ def child(a, part, timeout, extra=()):
            "--new-tokens", str(a.new_tokens), "--target-mean", str(a.target_mean)] + (["--tiny"] if a.tiny else []) + list(extra)
     t = time.perf_counter()
     p = run_killable(cmd, timeout)
-    if p is None:
-        return {"status": "timeout", "timeout_s": timeout}
+    if p is None:                                        # a part that saves as it goes (judge) keeps what it did
+        try:
+            res = json.loads(out.read_text()) if out.stat().st_size else {}
+        except (OSError, json.JSONDecodeError):
+            res = {}
+        return dict(res, status="timeout", timeout_s=timeout, wall_s=time.perf_counter() - t)
     try:
         res = json.loads(out.read_text()) if out.stat().st_size else {"status": "fail", "error": "the part wrote no result"}
     except (OSError, json.JSONDecodeError) as e:
@@ -273,7 +385,7 @@ def driver(a):
     report = {"cuda": CUDA, "tiny": a.tiny, "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if CUDA else "cpu (no CUDA: tiny sizes, CPU-safe parts only)",
               "settings": {"prompt_len": a.prompt_len, "new_tokens": a.new_tokens, "target_mean": a.target_mean,
-                           "rows": a.rows_list, "budget_s": a.budget_s}, "parts": {}}
+                           "rows": a.rows_list, "budget_s": a.budget_s, "parts": a.parts}, "parts": {}}
     from fapo_mini import attention              # the kernels this machine has; each sampler part records the one it ran
     report["attention"] = {"flash_attn": attention.HAS_FLASH, "torch_varlen_attn": attention.HAS_VARLEN,
                            "varlen_missing": attention.VARLEN_MISSING}
@@ -297,16 +409,28 @@ def driver(a):
         except Exception as e:                                                 # the driver itself must not stop
             return {"status": "fail", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
 
-    record("tests", guarded(lambda: run_tests(budget(a.tests_timeout))))
-    cal = guarded(lambda: child(a, "calibrate", budget(90)))
-    record("calibrate", cal)
+    if "tests" in a.parts:
+        record("tests", guarded(lambda: run_tests(budget(a.tests_timeout))))
+    cal = {}
+    if "calibrate" in a.parts:
+        cal = guarded(lambda: child(a, "calibrate", budget(90)))
+        record("calibrate", cal)
     scale = cal.get("scale", 1.0)
-    for rows in a.rows_list:
-        res = guarded(lambda: child(a, "sampler", budget(a.sampler_timeout), ["--rows", str(rows), "--eos-scale", str(scale)]))
-        if "scale" not in cal:
-            res["note"] = "calibration failed: EOS row unscaled (lengths are not RL-shaped)"
-        record(f"sampler_{rows}", res)
-    record("train", guarded(lambda: child(a, "train", budget(a.train_timeout))))
+    if "sampler" in a.parts:
+        for rows in a.rows_list:
+            res = guarded(lambda: child(a, "sampler", budget(a.sampler_timeout), ["--rows", str(rows), "--eos-scale", str(scale)]))
+            if "scale" not in cal:
+                res["note"] = "calibration failed or not run: EOS row unscaled (lengths are not RL-shaped)"
+            record(f"sampler_{rows}", res)
+    if "train" in a.parts:
+        record("train", guarded(lambda: child(a, "train", budget(a.train_timeout))))
+    if "judge" in a.parts:                               # last: the costliest part, only with time for it
+        extra = [f"--judge-{k}={v}" for k, v in (("prompt-len", a.judge_prompt_len), ("cap", a.judge_cap),
+                                                 ("rows", ",".join(map(str, a.judge_rows or [])))) if v]
+        if left() < a.judge_min_s:
+            record("judge", {"status": "skipped", "error": f"under --judge-min-s {a.judge_min_s:g} s left in --budget-s"})
+        else:
+            record("judge", guarded(lambda: child(a, "judge", budget(a.judge_timeout), extra)))
     report["total_s"] = time.perf_counter() - t0
     bad = [k for k, v in parts.items() if v.get("status") not in ("pass",) and not (k == "tests" and v.get("status") == "missing" and not CUDA)]
     report["all_pass"] = not bad
@@ -318,6 +442,14 @@ def driver(a):
 
 
 def summarize(report):
+    j = report["parts"].get("judge") or {}
+    for rows, by in (j.get("by_rows") or {}).items():
+        for mode, r in by.items():
+            if r.get("status") == "pass":
+                mem = f", peak {r['peak_gpu_bytes'] / 2**30:.1f} GiB" if "peak_gpu_bytes" in r else ""
+                print(f"  judge {j['shape']} {rows} rows x {j['slot_positions']} positions {mode} "
+                      f"({j['attention']['backend']} attention): {r['ms_per_decode_step']:.2f} ms/decode step, "
+                      f"cache {r['cache_bytes'] / 2**30:.1f} GiB{mem}")
     for name, p in report["parts"].items():
         if not name.startswith("sampler_"):
             continue
@@ -345,6 +477,13 @@ def main():
     ap.add_argument("--tests-timeout", type=int, default=150)
     ap.add_argument("--sampler-timeout", type=int, default=150)
     ap.add_argument("--train-timeout", type=int, default=150)
+    ap.add_argument("--parts", default=",".join(ALL_PARTS), help="comma list of the parts to run, in their fixed order")
+    ap.add_argument("--judge-timeout", type=int, default=200)
+    ap.add_argument("--judge-min-s", type=float, default=60, help="skip the judge part with less of the budget left")
+    ap.add_argument("--judge-rows", default=None, help="judge rows, comma list (default: the 1.5B recipe's slots "
+                                                       "per wave, 10, and 16; tiny 2,4)")
+    ap.add_argument("--judge-prompt-len", type=int, help="judge prompt tokens (default 3700; tiny 32)")
+    ap.add_argument("--judge-cap", type=int, help="the critique cap in each slot's length (default 16384; tiny 256)")
     ap.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     ap.add_argument("--part-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -354,6 +493,11 @@ def main():
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.rows_list = [int(x) for x in (a.rows_list or ("8,16" if a.tiny else "64,256")).split(",")]
+    a.judge_rows = [int(x) for x in a.judge_rows.split(",")] if a.judge_rows else None
+    a.parts = [x.strip() for x in a.parts.split(",") if x.strip()]
+    unknown = [x for x in a.parts if x not in ALL_PARTS]
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(ALL_PARTS)})")
     if a.part:
         run_part(a)
         return 0

@@ -122,30 +122,68 @@ def test_decode_ops_come_from_decode_ops_py():
 
 
 def write_gpu_check(path, tiny=False):
+    """A gpu_check JSON as bench/gpu_check.py writes it: two sampler parts (1.5B shape; one mode failed)
+    and the judge part (4B shape, 10 and 16 rows; CUDA graphs failed at 16)."""
     path.write_text(json.dumps({
         "cuda": not tiny, "tiny": tiny, "device": "NVIDIA H100 80GB HBM3",
         "parts": {"sampler_64": {"rows": 64, "modes": ["eager", "cuda_graphs"], "status": "pass",
                                  "eager": {"status": "pass", "ms_per_decode_step": 20.0},
                                  "cuda_graphs": {"status": "pass", "ms_per_decode_step": 4.0}},
-                  "sampler_256": {"rows": 256, "modes": ["eager", "cuda_graphs"], "status": "fail",
-                                  "eager": {"status": "pass", "ms_per_decode_step": 30.0},
-                                  "cuda_graphs": {"status": "fail", "error": "RuntimeError: x"}}}}))
+                  "sampler_256": {"rows": 256, "shape": "Qwen2.5-Math-1.5B", "modes": ["eager", "cuda_graphs"],
+                                  "status": "fail", "eager": {"status": "pass", "ms_per_decode_step": 30.0},
+                                  "cuda_graphs": {"status": "fail", "error": "RuntimeError: x"}},
+                  "judge": {"status": "fail", "shape": "Qwen3-4B-Instruct-2507", "rows": [10, 16], "prompt_len": 3700,
+                            "cap": 16384, "slot_positions": 20084, "modes": ["eager", "cuda_graphs"],
+                            "by_rows": {"10": {"eager": {"status": "pass", "ms_per_decode_step": 50.0},
+                                               "cuda_graphs": {"status": "pass", "ms_per_decode_step": 40.0}},
+                                        "16": {"eager": {"status": "pass", "ms_per_decode_step": 62.0},
+                                               "cuda_graphs": {"status": "fail", "error": "OutOfMemoryError: x"}}}}}}))
     return path
 
 
-def test_gpu_check_measurements_replace_the_modelled_1p5b_decode_step(tmp_path):
+def test_gpu_check_measurements_replace_the_modelled_decode_steps(tmp_path):
     measured = est.read_gpu_check(write_gpu_check(tmp_path / "gpu_check.json"))
-    assert measured["eager"] == {64: 20.0, 256: 30.0} and measured["cuda_graphs"] == {64: 4.0}
-    a = est.Assumptions()
+    sampler = measured["sampler"]["Qwen2.5-Math-1.5B"]
+    assert sampler["eager"] == {64: 20.0, 256: 30.0} and sampler["cuda_graphs"] == {64: 4.0}
+    judge = measured["judge"]["Qwen3-4B-Instruct-2507"]
+    assert judge["eager"] == {10: 50.0, 16: 62.0} and judge["cuda_graphs"] == {10: 40.0}     # the failed run left out
+    assert list(measured["sampler"]) == ["Qwen2.5-Math-1.5B"] and list(measured["judge"]) == ["Qwen3-4B-Instruct-2507"]
+    a, graphs = est.Assumptions(), est.Assumptions(cuda_graphs=True)
+    # the 1.5B policy sampler: its own measurements, as before
     s, how = est.decode_step(est.QWEN25_MATH_1P5B, 128, 300, a, measured)
     assert (s, how) == (pytest.approx(20e-3 + 10e-3 * 64 / 192), "measured")   # interpolated in rows
-    s, how = est.decode_step(est.QWEN25_MATH_1P5B, 128, 300, est.Assumptions(cuda_graphs=True), measured)
+    s, how = est.decode_step(est.QWEN25_MATH_1P5B, 128, 300, graphs, measured)
     assert s == pytest.approx(4e-3) and how == "measured (clamped to 64 rows)"
-    assert est.decode_step(est.QWEN3_4B_INSTRUCT_2507, 128, 300, a, measured)[1] != "measured"
+    # the 4B GenRM as the judge: 12 rows between 10 (50 ms) and 16 (62 ms): 50 + 12 x 2 / 6 = 54 ms, above the
+    # HBM floor (8.04e9 weight bytes + 12 x 2600 x 147456 KV bytes) / 2.5e12 = 5.1 ms
+    s, how = est.decode_step(est.QWEN3_4B_INSTRUCT_2507, 12, 2600, a, measured, use="judge")
+    assert (s, how) == (pytest.approx(54e-3), "measured")
+    s, how = est.decode_step(est.QWEN3_4B_INSTRUCT_2507, 16, 2600, graphs, measured, use="judge")
+    assert s == pytest.approx(40e-3) and how == "measured (clamped to 10 rows)"
+    # neither use borrows the other's, nor another shape's
+    assert est.decode_step(est.QWEN3_4B_INSTRUCT_2507, 128, 300, a, measured)[1] != "measured"   # GenRM RL sampling
+    assert est.decode_step(est.QWEN25_MATH_1P5B, 12, 2600, a, measured, use="judge")[1] != "measured"
+    assert est.decode_step(est.QWEN3_1P7B, 12, 2600, a, measured, use="judge")[1] != "measured"  # the 1.7B GenRM
     out = est.report(a, measured)
     assert "† are measured (bench/gpu_check.py on NVIDIA H100 80GB HBM3)" in out and "3,072 x 23.3 ms" in out
+    # the 1.5B FAPO run's judge, by hand: 128 rows x accuracy 0.5 = 64 critiques in 10 slots (39 GiB); steps
+    # (64 - 10) x 2000 / 10 + 16384 = 27,184 at the measured 50 ms = 1359.2 s, plus the prefill 2 x 4.022e9 x 64
+    # x 1600 / (0.4 x 989e12) = 2.08 s and 1 + 54 refills x 50 ms = 2.75 s: 1364 s = 23 min
+    assert "| 64 in 10 slots: 27,184 x 50.0 ms = 23 min † |" in out
+    # the 7B FAPO run's: 32 critiques in 11 slots (42 GiB), (32 - 11) x 2000 / 11 + 16384 = 20,202 steps at
+    # 50 + 1 x 2 / 6 ms
+    assert "| 32 in 11 slots: 20,202 x 52.0 ms = " in out
+    # eval's judge: 17 slots (64 GiB), clamped to the 16 measured rows
+    assert "in 17 slots: " in out and " x 62.0 ms = " in out and "† (clamped to 16 rows)" in out
+    # the 1.7B GenRM's judge stays modelled: its judge cell has no † (the 1.5B sampling cell beside it has)
+    row = next(l for l in out.splitlines() if l.startswith("| policy 1.5B FAPO, 1.7B GenRM |") and " slots: " in l)
+    cells = [c.strip() for c in row.split("|")]
+    assert "†" in cells[3] and " slots: " in cells[4] and "†" not in cells[4]
+    assert ("ms per decode step of the GenRM judge's Qwen3-4B-Instruct-2507-shaped model, eager: 10 rows 50.00 ms, "
+            "16 rows 62.00 ms; CUDA graphs: 10 rows 40.00 ms.") in out
+    assert "in slots of 20084 positions" in out
     tiny = est.read_gpu_check(write_gpu_check(tmp_path / "tiny.json", tiny=True))
-    assert tiny["eager"] == tiny["cuda_graphs"] == {} and "not used" in tiny["note"]
+    assert tiny["sampler"] == tiny["judge"] == {} and "not used" in tiny["note"]
 
 
 def test_main_prints_every_run_marked_as_estimates(capsys):
