@@ -129,6 +129,25 @@ def part_calibrate(a):
     return cal
 
 
+def time_decode(sampler, prompts, **params):
+    """Warm-up, prefill and ms per decode step of one sampler, every row live for 128 steps (EOS is
+    never sampled): the time of 129 new tokens minus that of 1, over 128."""
+    from fapo_mini.sampler import SamplingParams
+    t = time.perf_counter()
+    sampler.generate(prompts, SamplingParams(max_new_tokens=8, **params))     # warm-up (graph capture, if any)
+    sync()
+    out = {"warmup_s": time.perf_counter() - t}
+    times = {}
+    for new in (1, 129):
+        sync()
+        t = time.perf_counter()
+        sampler.generate(prompts, SamplingParams(max_new_tokens=new, **params))
+        sync()
+        times[new] = time.perf_counter() - t
+    out.update(prefill_s=times[1], ms_per_decode_step=1000 * (times[129] - times[1]) / 128)
+    return out
+
+
 def part_sampler(a):
     from fapo_mini.sampler import Sampler, SamplingParams
     from workloads import length_stats, word_tokenizer
@@ -151,19 +170,7 @@ def part_sampler(a):
             # ms per decode step: all rows live for 128 steps (never EOS)
             fixed = Sampler(model, tok_fixed, max_rows=rows, **kw)
             ps = prompts_for(rows // n, a.prompt_len, V, V - 1, seed=2)
-            t = time.perf_counter()
-            fixed.generate(ps, SamplingParams(n=n, max_new_tokens=8))              # warm-up (graph capture, if any)
-            sync()
-            r["warmup_s"] = time.perf_counter() - t
-            times = {}
-            for new in (1, 129):
-                sync()
-                t = time.perf_counter()
-                fixed.generate(ps, SamplingParams(n=n, max_new_tokens=new))
-                sync()
-                times[new] = time.perf_counter() - t
-            r["prefill_s"] = times[1]
-            r["ms_per_decode_step"] = 1000 * (times[129] - times[1]) / 128
+            r.update(time_decode(fixed, ps, n=n))
             del fixed
             # RL-shaped: 2 x rows samples, lengths from the calibrated EOS
             sampler = Sampler(model, tok_rl, max_rows=rows, **kw)
@@ -249,7 +256,7 @@ def part_judge(a):
     prompt a row (n=1, greedy), every slot prompt + cap positions long like the judge's waves."""
     import gc
     import fapo_mini.sampler as sampler_module
-    from fapo_mini.sampler import Sampler, SamplingParams
+    from fapo_mini.sampler import Sampler
     from fapo_mini.slots import Slots
     from workloads import word_tokenizer
     shape = TINY_JUDGE if a.tiny else JUDGE_SHAPE
@@ -286,18 +293,7 @@ def part_judge(a):
                 ps = prompts_for(rows, prompt_len, V, V - 1, seed=4)
                 if CUDA:
                     torch.cuda.reset_peak_memory_stats()
-                t = time.perf_counter()
-                fixed.generate(ps, SamplingParams(n=1, temperature=0.0, max_new_tokens=8))   # warm-up (graph capture, if any)
-                sync()
-                r["warmup_s"] = time.perf_counter() - t
-                times = {}
-                for new in (1, 129):
-                    sync()
-                    t = time.perf_counter()
-                    fixed.generate(ps, SamplingParams(n=1, temperature=0.0, max_new_tokens=new))
-                    sync()
-                    times[new] = time.perf_counter() - t
-                r.update(prefill_s=times[1], ms_per_decode_step=1000 * (times[129] - times[1]) / 128,
+                r.update(time_decode(fixed, ps, n=1, temperature=0.0),
                          cache_bytes=getattr(fixed, "cache_bytes", None), status="pass")
                 if CUDA:
                     r["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
